@@ -1,0 +1,5 @@
+"""``python -m fedspeech``."""
+
+from fedspeech.cli import run
+
+run()

@@ -1,0 +1,24 @@
+"""What the honest-but-curious server keeps: captured updates as safetensors.
+
+This package never imports ``flwr``, so :mod:`attacks` can read captures from anywhere.
+"""
+
+from fedspeech.capture.format import (
+    Capture,
+    CaptureFormatError,
+    capture_name,
+    load_capture,
+    load_truth,
+    save_capture,
+    save_truth,
+)
+
+__all__ = [
+    "Capture",
+    "CaptureFormatError",
+    "capture_name",
+    "load_capture",
+    "load_truth",
+    "save_capture",
+    "save_truth",
+]

@@ -1,0 +1,168 @@
+"""The capture file format.
+
+One capture is one client's reply in one round, exactly as the server received it, with the
+global weights it was computed from. It is a single safetensors file: tensors
+``global/<param>`` and ``shared/<param>``, and string metadata (kind, round, client id,
+number of examples, model and front-end names and settings). Safetensors holds raw tensors
+and JSON only, so loading a capture from an untrusted party cannot run code (pickle could).
+
+The ground truth of a captured batch (clip ids, labels, speakers) is written beside it under
+``truth/`` as JSON. Attack code never reads ``truth/``; only scoring does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from fedspeech.errors import FedspeechError
+
+FORMAT_VERSION = "1"
+KINDS = ("gradient", "update")
+
+
+class CaptureFormatError(FedspeechError):
+    """A capture file is missing, truncated, or not a fedspeech safetensors capture."""
+
+
+@dataclass
+class Capture:
+    """One captured client reply.
+
+    Attributes
+    ----------
+    kind : str
+        ``"gradient"`` (one local step's gradient) or ``"update"`` (weights after training).
+    server_round, client_id, num_examples : int
+        When and from whom; examples the client trained on.
+    global_weights : dict[str, torch.Tensor]
+        The global model the client started from, by parameter name.
+    shared : dict[str, torch.Tensor]
+        What the client sent: gradients or trained weights, same names and shapes.
+    model, frontend : str
+        Registry names; ``model_kwargs`` and ``frontend_kwargs`` rebuild them.
+    training : dict
+        Local-training settings the server knows (``lr``, ``batch_size``, ``local_steps``,
+        ``local_epochs``), needed to turn an update into a gradient estimate.
+    """
+
+    kind: str
+    server_round: int
+    client_id: int
+    num_examples: int
+    global_weights: dict[str, torch.Tensor]
+    shared: dict[str, torch.Tensor]
+    model: str
+    frontend: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    frontend_kwargs: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        """Bytes of tensor data held (global weights plus shared tensors)."""
+        tensors = list(self.global_weights.values()) + list(self.shared.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def capture_name(server_round: int, client_id: int) -> str:
+    """File stem of a capture: ``r003_c0017``."""
+    return f"r{server_round:03d}_c{client_id:04d}"
+
+
+def save_capture(capture: Capture, path: Path) -> Path:
+    """Write ``capture`` to ``path`` atomically (temporary file, then rename)."""
+    from fedspeech.fileio import atomic_write_bytes
+
+    if capture.kind not in KINDS:
+        raise ValueError(f"capture kind must be one of {KINDS}, got {capture.kind!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in capture.global_weights.items():
+        tensors[f"global/{name}"] = t.detach().cpu().contiguous()
+    for name, t in capture.shared.items():
+        tensors[f"shared/{name}"] = t.detach().cpu().contiguous()
+    meta = {
+        "format": "fedspeech-capture",
+        "version": FORMAT_VERSION,
+        "kind": capture.kind,
+        "round": str(capture.server_round),
+        "client_id": str(capture.client_id),
+        "num_examples": str(capture.num_examples),
+        "model": capture.model,
+        "frontend": capture.frontend,
+        "model_kwargs": json.dumps(capture.model_kwargs),
+        "frontend_kwargs": json.dumps(capture.frontend_kwargs),
+        "training": json.dumps(capture.training),
+        "param_order": json.dumps(list(capture.global_weights)),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return path
+
+
+def load_capture(path: str | Path) -> Capture:
+    """Read a capture written by :func:`save_capture`.
+
+    Raises
+    ------
+    CaptureFormatError
+        If the file is missing, truncated, not safetensors, or lacks fedspeech metadata.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CaptureFormatError(f"capture {p} does not exist")
+    try:
+        tensors = load_file(str(p))
+        with open(p, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        meta = header.get("__metadata__", {})
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CaptureFormatError(
+            f"capture {p} is not a readable safetensors file ({exc})"
+        ) from None
+    if meta.get("format") != "fedspeech-capture":
+        raise CaptureFormatError(f"capture {p} has no fedspeech capture metadata")
+    try:
+        order = json.loads(meta["param_order"])
+        glob = {n: tensors[f"global/{n}"] for n in order}
+        shared = {n: tensors[f"shared/{n}"] for n in order if f"shared/{n}" in tensors}
+        return Capture(
+            kind=meta["kind"],
+            server_round=int(meta["round"]),
+            client_id=int(meta["client_id"]),
+            num_examples=int(meta["num_examples"]),
+            global_weights=glob,
+            shared=shared,
+            model=meta["model"],
+            frontend=meta["frontend"],
+            model_kwargs=json.loads(meta["model_kwargs"]),
+            frontend_kwargs=json.loads(meta["frontend_kwargs"]),
+            training=json.loads(meta["training"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise CaptureFormatError(f"capture {p} has incomplete metadata ({exc})") from None
+
+
+def save_truth(path: Path, truth: dict[str, Any]) -> Path:
+    """Write the ground truth of a captured batch as JSON, atomically."""
+    from fedspeech.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(truth, indent=1))
+    return path
+
+
+def load_truth(path: str | Path) -> dict[str, Any]:
+    """Read a ground-truth JSON written by :func:`save_truth`."""
+    p = Path(path)
+    if not p.is_file():
+        raise CaptureFormatError(f"ground truth {p} does not exist")
+    try:
+        data: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CaptureFormatError(f"ground truth {p} is not valid JSON ({exc})") from None
+    return data

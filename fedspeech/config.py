@@ -1,0 +1,217 @@
+"""Simulation configuration: one dataclass, filled from defaults, a TOML file and flags.
+
+Precedence, lowest first: field defaults, ``--config FILE`` (TOML), command-line flags.
+Keys may be written with hyphens or underscores (``capture-clients`` = ``capture_clients``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedspeech.errors import ConfigError
+
+SHARE_MODES = ("update", "gradient")
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+TASKS = ("kws",)
+NORMALIZE = ("peak", "none")
+
+
+@dataclass
+class SimConfig:
+    """Everything a simulation run needs; see ``fedspeech simulate --help``."""
+
+    task: str = "kws"
+    dataset: str = "synth"
+    data_root: str | None = None
+    words: str | None = None
+    normalize: str = "peak"
+    frontend: str = "mel"
+    model: str = "kws-cnn"
+    activation: str = "relu"
+    clients: int = 10
+    fraction: float = 0.2
+    rounds: int = 20
+    partition: str = "speaker"
+    alpha: float = 0.5
+    share: str = "update"
+    local_epochs: int = 2
+    local_steps: int = 0
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.0
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_lr: float = 0.01
+    capture_clients: str = "1"
+    seed: int = 0
+    out: str | None = None
+    ray_address: str | None = None
+    cpus_per_client: float = 1.0
+    synth_speakers: int = 80
+    synth_takes: int = 5
+    progress: bool = True
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Names of the settable keys (underscore form)."""
+        return [f.name for f in dataclasses.fields(cls) ]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> SimConfig:
+        """Build from a mapping, rejecting unknown keys and coercing types."""
+        return cls().updated(values, source)
+
+    def updated(self, values: Mapping[str, Any], source: str = "config") -> SimConfig:
+        """A copy with ``values`` applied on top (``None`` values are ignored)."""
+        known = {f.name: f for f in dataclasses.fields(self) }
+        changes: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                names = ", ".join(k.replace("_", "-") for k in sorted(known))
+                raise ConfigError(f"unknown config key {raw_key!r} in {source}; known: {names}")
+            if value is None:
+                continue
+            changes[key] = _coerce(key, value, known[key], source)
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SimConfig:
+        """Load a TOML file; a ``[simulate]`` table, if present, holds the keys."""
+        return cls().updated(read_toml(path), str(path))
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on values no run could use."""
+        if self.clients < 1:
+            raise ConfigError(f"--clients must be at least 1, got {self.clients}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
+        if self.share not in SHARE_MODES:
+            raise ConfigError(f"--share must be one of {', '.join(SHARE_MODES)}, got {self.share!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}"
+            )
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.local_epochs < 0 or self.local_steps < 0:
+            raise ConfigError("--local-epochs and --local-steps must not be negative")
+        if self.local_epochs == 0 and self.local_steps == 0:
+            raise ConfigError("one of --local-epochs or --local-steps must be positive")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.alpha <= 0:
+            raise ConfigError(f"--alpha must be positive, got {self.alpha}")
+        if self.cpus_per_client <= 0:
+            raise ConfigError(f"--cpus-per-client must be positive, got {self.cpus_per_client}")
+        if self.normalize not in NORMALIZE:
+            raise ConfigError(
+                f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}"
+            )
+        self.capture_count()  # validates the spelling
+
+    def capture_count(self) -> int | None:
+        """Clients captured per round: ``None`` means all."""
+        text = str(self.capture_clients).strip().lower()
+        if text == "all":
+            return None
+        try:
+            n = int(text)
+        except ValueError:
+            raise ConfigError(
+                f"--capture-clients must be a number or 'all', got {self.capture_clients!r}"
+            ) from None
+        if n < 0:
+            raise ConfigError(f"--capture-clients must not be negative, got {n}")
+        return n
+
+    def clients_per_round(self) -> int:
+        """How many clients Flower's FedAvg samples each round."""
+        return max(1, int(self.clients * self.fraction))
+
+    # ------------------------------------------------------------------- output
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the settable keys (hyphenated, ``None`` values dropped)."""
+        out: dict[str, Any] = {}
+        for key in self.keys():
+            value = getattr(self, key)
+            if value is not None:
+                out[key.replace("_", "-")] = value
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved configuration as TOML text."""
+        lines = ["# fedspeech simulate: resolved configuration", "[simulate]"]
+        for key, value in self.to_dict().items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a flat mapping (``[simulate]`` table or top level)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    if "simulate" in data and isinstance(data["simulate"], dict):
+        rest = {k: v for k, v in data.items() if k != "simulate"}
+        if rest:
+            raise ConfigError(
+                f"config file {p}: keys outside [simulate]: {', '.join(sorted(rest))}"
+            )
+        return dict(data["simulate"])
+    return data
+
+
+def _coerce(key: str, value: Any, fld: dataclasses.Field[Any], source: str) -> Any:
+    kind = str(fld.type)
+    flag = key.replace("_", "-")
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes"):
+                return True
+            if str(value).lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if kind in ("str", "str | None"):
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} in {source}: expected {kind}, got {value!r}") from None
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

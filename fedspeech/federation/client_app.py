@@ -1,0 +1,72 @@
+"""Flower ClientApp: one client's local work, delegated to :mod:`fedspeech.training`.
+
+The server's train message carries the global weights and a config naming the run's data
+files; the client reads its own partition (``partition-id`` from the node config), trains or
+takes one gradient step, and replies with what it shares.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedspeech.models import build_model
+from fedspeech.prepare import open_features, open_partition
+from fedspeech.training import compute_gradient, local_batches, train_local
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local training (``share=update``) or one gradient step (``share=gradient``)."""
+    # Ray workers share the machine's cores; more than one thread per client thrashes.
+    torch.set_num_threads(1)
+    cfg = msg.content["config"]
+    client_id = int(context.node_config["partition-id"])
+    feats, labels = open_features(str(cfg["features-path"]), str(cfg["labels-path"]))
+    indices = open_partition(str(cfg["partition-path"]))[client_id]
+    model = build_model(str(cfg["model"]), **json.loads(str(cfg["model-kwargs"])))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+
+    share = str(cfg["share"])
+    batches = local_batches(
+        indices,
+        seed=int(cfg["seed"]),
+        server_round=int(cfg["server-round"]),
+        client_id=client_id,
+        batch_size=int(cfg["batch-size"]),
+        epochs=int(cfg["local-epochs"]),
+        steps=1 if share == "gradient" else int(cfg["local-steps"]),
+    )
+    if share == "gradient":
+        batch = batches[0]
+        x = torch.from_numpy(np.ascontiguousarray(feats[batch]))
+        y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
+        arrays = ArrayRecord(compute_gradient(model, x, y))
+        num_examples, loss = len(batch), float("nan")
+    else:
+        res = train_local(
+            model,
+            feats,
+            labels,
+            batches,
+            lr=float(cfg["lr"]),
+            momentum=float(cfg["momentum"]),
+            proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+        )
+        arrays = ArrayRecord(model.state_dict())
+        num_examples, loss = res.num_examples, res.loss
+
+    content = RecordDict(
+        {
+            "arrays": arrays,
+            "metrics": MetricRecord({"num-examples": num_examples, "train-loss": loss}),
+            "client": ConfigRecord({"client-id": client_id}),
+        }
+    )
+    return Message(content=content, reply_to=msg)

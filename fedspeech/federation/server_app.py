@@ -1,0 +1,193 @@
+"""Flower ServerApp: Flower's strategy inside the honest-but-curious capture wrapper.
+
+``fedspeech simulate`` builds the app around an already prepared run (:func:`make_server_app`);
+``flwr run .`` uses the module-level ``app``, which reads the same keys from the run config
+(``[tool.flwr.app.config]`` in ``pyproject.toml``) and prepares the run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from fedspeech.capture import save_truth
+from fedspeech.config import SimConfig
+from fedspeech.federation.strategy import HonestButCuriousStrategy
+from fedspeech.models import build_model
+from fedspeech.prepare import RunData, open_features, prepare_run
+from fedspeech.report import RunRecorder
+from fedspeech.training import evaluate, local_batches
+
+
+def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:
+    """Keyword arguments that rebuild the run's model (stored in every capture)."""
+    return {
+        "num_classes": len(data.classes),
+        "input_shape": list(data.input_shape),
+        "activation": cfg.activation,
+    }
+
+
+def build_strategy(cfg: SimConfig) -> Strategy:
+    """The inner Flower strategy named by ``cfg.strategy``."""
+    common: dict[str, Any] = {
+        "fraction_train": cfg.fraction,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": cfg.clients,
+    }
+    if cfg.strategy == "fedprox":
+        return FedProx(proximal_mu=cfg.proximal_mu, **common)
+    if cfg.strategy == "fedadam":
+        return FedAdam(eta=cfg.server_lr, **common)
+    return FedAvg(**common)
+
+
+def train_config(cfg: SimConfig, data: RunData) -> ConfigRecord:
+    """What every client is told each round (besides the global weights)."""
+    return ConfigRecord(
+        {
+            "features-path": str(data.features_path.resolve()),
+            "labels-path": str(data.labels_path.resolve()),
+            "partition-path": str(data.partition_path.resolve()),
+            "model": cfg.model,
+            "model-kwargs": json.dumps(model_kwargs(cfg, data)),
+            "share": cfg.share,
+            "lr": cfg.lr,
+            "momentum": cfg.momentum,
+            "batch-size": cfg.batch_size,
+            "local-epochs": cfg.local_epochs,
+            "local-steps": cfg.local_steps,
+            "seed": cfg.seed,
+        }
+    )
+
+
+def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
+    """A function writing the ground truth of one captured reply.
+
+    The server replays the client's seeded batch order (it never asks the client), and
+    writes which clips, labels and speakers went into the captured gradient or update.
+    """
+    labels = np.load(data.labels_path, allow_pickle=False)
+    clip_ids = data.corpus_meta["clip_ids"]
+    speakers = data.corpus_meta["speakers"]
+
+    def write(server_round: int, client_id: int, path: Path) -> None:
+        batches = local_batches(
+            data.partitions[client_id],
+            seed=cfg.seed,
+            server_round=server_round,
+            client_id=client_id,
+            batch_size=cfg.batch_size,
+            epochs=cfg.local_epochs,
+            steps=1 if cfg.share == "gradient" else cfg.local_steps,
+        )
+        truth = {
+            "round": server_round,
+            "client_id": client_id,
+            "kind": cfg.share,
+            "classes": data.classes,
+            "batches": [
+                {
+                    "positions": [int(i) for i in b],
+                    "clip_ids": [clip_ids[i] for i in b],
+                    "labels": [int(labels[i]) for i in b],
+                    "speakers": [speakers[i] for i in b],
+                }
+                for b in batches
+            ],
+        }
+        save_truth(path, truth)
+
+    return write
+
+
+def run_server(grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder) -> None:
+    """Run ``cfg.rounds`` rounds of federated training with capture."""
+    random.seed(cfg.seed)  # Flower samples clients with the ``random`` module
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(1)
+    kwargs = model_kwargs(cfg, data)
+    model = build_model(cfg.model, **kwargs)
+    feats, labels = open_features(str(data.features_path), str(data.labels_path))
+    test_x = np.ascontiguousarray(feats[data.test_indices])
+    test_y = labels[data.test_indices]
+
+    strategy = HonestButCuriousStrategy(
+        build_strategy(cfg),
+        share=cfg.share,
+        lr=cfg.lr,
+        run_dir=data.run_dir,
+        capture_count=cfg.capture_count(),
+        capture_meta={
+            "model": cfg.model,
+            "model_kwargs": kwargs,
+            "frontend": cfg.frontend,
+            "frontend_kwargs": {},
+            "training": {
+                "lr": cfg.lr,
+                "momentum": cfg.momentum,
+                "batch_size": cfg.batch_size,
+                "local_epochs": cfg.local_epochs,
+                "local_steps": 1 if cfg.share == "gradient" else cfg.local_steps,
+                "strategy": cfg.strategy,
+            },
+        },
+        truth_writer=make_truth_writer(cfg, data),
+        on_round=recorder.client_round,
+        seed=cfg.seed,
+    )
+    round_start = time.perf_counter()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        nonlocal round_start
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, acc = evaluate(model, test_x, test_y)
+        now = time.perf_counter()
+        recorder.evaluated(server_round, acc, loss, now - round_start)
+        round_start = now
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.rounds,
+        train_config=train_config(cfg, data),
+        evaluate_fn=evaluate_fn,
+    )
+
+
+def make_server_app(cfg: SimConfig, data: RunData, recorder: RunRecorder) -> ServerApp:
+    """A ServerApp bound to a prepared run."""
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, cfg, data, recorder)
+
+    return server
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point for ``flwr run .``: the run config holds the simulate keys."""
+    cfg = SimConfig.from_mapping(dict(context.run_config), "the Flower run config")
+    data = prepare_run(cfg)
+    (data.run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+    recorder = RunRecorder(data.run_dir, cfg.rounds)
+    run_server(grid, cfg, data, recorder)
+    recorder.plot()

@@ -1,0 +1,29 @@
+"""Models behind a name registry.
+
+Examples
+--------
+>>> import torch
+>>> model = build_model("kws-cnn", num_classes=10)
+>>> model(torch.zeros(2, 32, 32)).shape
+torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from fedspeech.models.kws_cnn import KeywordCNN
+from fedspeech.registry import Registry
+
+MODELS: Registry[Any] = Registry("model")
+MODELS.register("kws-cnn")(KeywordCNN)
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate the model registered as ``name`` with ``kwargs``."""
+    return MODELS.get(name)(**kwargs)  # type: ignore[no-any-return]
+
+
+__all__ = ["MODELS", "KeywordCNN", "build_model"]

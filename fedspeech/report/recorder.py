@@ -1,0 +1,125 @@
+"""Per-round record of a run, saved as plain files after every round.
+
+``metrics.json`` is rewritten atomically after each round, so an interrupted run still
+leaves a readable record of the rounds it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedspeech.fileio import atomic_write_bytes, atomic_write_text
+
+
+class RunRecorder:
+    """Collects per-round metrics and writes ``metrics.json`` and ``accuracy.png``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder.
+    rounds : int
+        Planned rounds (for progress lines).
+    stream : TextIO | None
+        Where progress lines go; ``None`` is silent.
+    """
+
+    def __init__(self, run_dir: Path, rounds: int, stream: TextIO | None = sys.stderr) -> None:
+        self.run_dir = Path(run_dir)
+        self.rounds_planned = rounds
+        self.stream = stream
+        self.rounds: list[dict[str, Any]] = []
+        self.initial: dict[str, float] | None = None
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    def client_round(self, server_round: int, clients: list[dict[str, Any]], seconds: float) -> None:
+        """Per-client results of a round's training, before evaluation."""
+        self._pending[server_round] = {"clients": clients, "train_seconds": seconds}
+
+    def evaluated(self, server_round: int, accuracy: float, loss: float, seconds: float) -> None:
+        """The global model's test accuracy and loss after ``server_round`` (0 = initial)."""
+        if server_round == 0:
+            self.initial = {"accuracy": accuracy, "loss": loss}
+            self._say(f"round 0/{self.rounds_planned}  accuracy {accuracy:.3f}  loss {loss:.3f}")
+            return
+        pending = self._pending.pop(server_round, {"clients": [], "train_seconds": 0.0})
+        entry: dict[str, Any] = {
+            "round": server_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            "seconds": round(seconds, 3),
+            "clients": pending["clients"],
+        }
+        self.rounds.append(entry)
+        captured = sum(1 for c in pending["clients"] if c.get("captured"))
+        self._say(
+            f"round {server_round}/{self.rounds_planned}  accuracy {accuracy:.3f}  "
+            f"loss {loss:.3f}  clients {len(pending['clients'])}  captured {captured}  "
+            f"{seconds:.1f} s"
+        )
+        self.save()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``metrics.json`` document."""
+        final = None
+        if self.rounds:
+            last = self.rounds[-1]
+            final = {"accuracy": last["accuracy"], "loss": last["loss"]}
+        return {"initial": self.initial, "rounds": self.rounds, "final": final}
+
+    def save(self) -> None:
+        """Write ``metrics.json`` atomically."""
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.as_dict(), indent=1))
+
+    def plot(self) -> Path | None:
+        """Write ``accuracy.png`` (accuracy and loss per round); ``None`` if no rounds."""
+        if not self.rounds:
+            return None
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        xs = [r["round"] for r in self.rounds]
+        acc = [r["accuracy"] for r in self.rounds]
+        loss = [r["loss"] for r in self.rounds]
+        if self.initial is not None:
+            xs = [0, *xs]
+            acc = [self.initial["accuracy"], *acc]
+            loss = [self.initial["loss"], *loss]
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+        ax.plot(xs, acc, marker="o", color="tab:blue", label="test accuracy")
+        ax.set_xlabel("round")
+        ax.set_ylabel("accuracy", color="tab:blue")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax2 = ax.twinx()
+        ax2.plot(xs, loss, marker=".", color="tab:red", alpha=0.7, label="test loss")
+        ax2.set_ylabel("loss", color="tab:red")
+        ax.set_title(f"Global model, {self.run_dir.name}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        path = self.run_dir / "accuracy.png"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def summary_table(self) -> str:
+        """Plain-text table of the rounds, for the terminal."""
+        lines = [f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'clients':>7}  {'seconds':>7}"]
+        for r in self.rounds:
+            lines.append(
+                f"{r['round']:>5}  {r['accuracy']:>8.3f}  {r['loss']:>7.3f}  "
+                f"{len(r['clients']):>7}  {r['seconds']:>7.1f}"
+            )
+        return "\n".join(lines)
+
+    def _say(self, text: str) -> None:
+        if self.stream is not None:
+            print(text, file=self.stream, flush=True)

@@ -1,0 +1,166 @@
+"""Local training steps of one client, in plain PyTorch.
+
+The batches a client uses in a round are a pure function of ``(seed, round, client)``, so
+the simulator can write the ground truth of a captured update without the client ever
+telling the server which clips it used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def local_batches(
+    indices: np.ndarray,
+    *,
+    seed: int,
+    server_round: int,
+    client_id: int,
+    batch_size: int,
+    epochs: int = 1,
+    steps: int = 0,
+) -> list[np.ndarray]:
+    """The mini-batches (corpus positions) a client trains on in one round.
+
+    Parameters
+    ----------
+    indices : np.ndarray
+        ``(n,)`` the client's training clips (corpus positions).
+    seed, server_round, client_id : int
+        Together they seed the shuffle, so the server can replay it.
+    batch_size : int
+        Clips per step (the last batch of an epoch may be smaller).
+    epochs : int
+        Passes over the data; ignored when ``steps`` > 0.
+    steps : int
+        Exact number of steps, cycling through reshuffled epochs as needed.
+
+    Returns
+    -------
+    list[np.ndarray]
+        One ``(b,)`` array per local step, sorted (memory-mapped reads stay sequential).
+    """
+    rng = np.random.default_rng([seed, server_round, client_id])
+    batches: list[np.ndarray] = []
+    n = len(indices)
+    if n == 0:
+        return batches
+    if steps > 0:
+        # Exactly ``steps`` batches, reshuffling after every full pass.
+        while True:
+            order = indices[rng.permutation(n)]
+            for start in range(0, n, batch_size):
+                batches.append(np.sort(order[start : start + batch_size]))
+                if len(batches) == steps:
+                    return batches
+    for _ in range(epochs):
+        order = indices[rng.permutation(n)]
+        for start in range(0, n, batch_size):
+            batches.append(np.sort(order[start : start + batch_size]))
+    return batches
+
+
+@dataclass
+class LocalResult:
+    """What local training reports back."""
+
+    num_examples: int
+    loss: float
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    features: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    proximal_mu: float = 0.0,
+) -> LocalResult:
+    """Run SGD over ``batches`` in place on ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Starts at the global weights; updated in place.
+    features : np.ndarray
+        ``(N, F, T)`` float32 features of the whole corpus (memory-mapped).
+    labels : np.ndarray
+        ``(N,)`` int64.
+    batches : list[np.ndarray]
+        Corpus positions per step, from :func:`local_batches`.
+    proximal_mu : float
+        FedProx's proximal term ``mu/2 ‖w − w_global‖²`` (0 disables it).
+    """
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    total, seen = 0.0, 0
+    for batch in batches:
+        x = torch.from_numpy(np.ascontiguousarray(features[batch]))
+        y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        total += float(loss.detach()) * len(batch)
+        seen += len(batch)
+        if proximal_mu > 0:
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+            loss = loss + 0.5 * proximal_mu * prox
+        loss.backward()
+        opt.step()
+    return LocalResult(num_examples=seen, loss=total / max(seen, 1), steps=len(batches))
+
+
+def compute_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Gradient of the mean cross-entropy over one batch, by parameter name.
+
+    This is what a client shares with ``--share gradient`` (FedSGD): one local step's
+    gradient at the global weights.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, F, T)`` features.
+    y : torch.Tensor
+        ``(B,)`` int64 labels.
+    """
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    names = [n for n, _ in model.named_parameters()]
+    grads = torch.autograd.grad(loss, [p for _, p in model.named_parameters()])
+    return {n: g.detach() for n, g in zip(names, grads, strict=True)}
+
+
+def apply_gradient(
+    weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], lr: float
+) -> dict[str, torch.Tensor]:
+    """``w − lr·g`` for every weight that has a gradient; other entries pass through."""
+    return {k: (w - lr * grads[k]) if k in grads else w for k, w in weights.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, features: np.ndarray, labels: np.ndarray, batch_size: int = 512
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(features, labels)``."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    n = len(labels)
+    for start in range(0, n, batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(features[start : start + batch_size]))
+        y = torch.from_numpy(np.ascontiguousarray(labels[start : start + batch_size]))
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / max(n, 1), correct / max(n, 1)
