@@ -8,6 +8,7 @@ takes one gradient step, and replies with what it shares.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,43 +22,50 @@ from fedspeech.training import compute_gradient, local_batches, train_local
 app = ClientApp()
 
 
+def _get(cfg: ConfigRecord, key: str, default: Any = None) -> Any:
+    # ConfigRecord values are a wide union; the server wrote scalars of known types.
+    return cfg.get(key, default)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training (``share=update``) or one gradient step (``share=gradient``)."""
     # Ray workers share the machine's cores; more than one thread per client thrashes.
     torch.set_num_threads(1)
-    cfg = msg.content["config"]
+    cfg = msg.content.config_records["config"]
     client_id = int(context.node_config["partition-id"])
-    feats, labels = open_features(str(cfg["features-path"]), str(cfg["labels-path"]))
-    indices = open_partition(str(cfg["partition-path"]))[client_id]
-    model = build_model(str(cfg["model"]), **json.loads(str(cfg["model-kwargs"])))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    feats, labels = open_features(str(_get(cfg, "features-path")), str(_get(cfg, "labels-path")))
+    indices = open_partition(str(_get(cfg, "partition-path")))[client_id]
+    model = build_model(str(_get(cfg, "model")), **json.loads(str(_get(cfg, "model-kwargs"))))
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
 
-    share = str(cfg["share"])
+    share = str(_get(cfg, "share"))
     batches = local_batches(
         indices,
-        seed=int(cfg["seed"]),
-        server_round=int(cfg["server-round"]),
+        seed=int(_get(cfg, "seed")),
+        server_round=int(_get(cfg, "server-round")),
         client_id=client_id,
-        batch_size=int(cfg["batch-size"]),
-        epochs=int(cfg["local-epochs"]),
-        steps=1 if share == "gradient" else int(cfg["local-steps"]),
+        batch_size=int(_get(cfg, "batch-size")),
+        epochs=int(_get(cfg, "local-epochs")),
+        steps=1 if share == "gradient" else int(_get(cfg, "local-steps")),
     )
     if share == "gradient":
         batch = batches[0]
         x = torch.from_numpy(np.ascontiguousarray(feats[batch]))
         y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
         arrays = ArrayRecord(compute_gradient(model, x, y))
-        num_examples, loss = len(batch), float("nan")
+        with torch.no_grad():
+            loss = float(torch.nn.functional.cross_entropy(model(x), y))
+        num_examples = len(batch)
     else:
         res = train_local(
             model,
             feats,
             labels,
             batches,
-            lr=float(cfg["lr"]),
-            momentum=float(cfg["momentum"]),
-            proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+            lr=float(_get(cfg, "lr")),
+            momentum=float(_get(cfg, "momentum")),
+            proximal_mu=float(_get(cfg, "proximal-mu", 0.0)),
         )
         arrays = ArrayRecord(model.state_dict())
         num_examples, loss = res.num_examples, res.loss

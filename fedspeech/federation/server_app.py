@@ -113,8 +113,14 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
     return write
 
 
-def run_server(grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder) -> None:
-    """Run ``cfg.rounds`` rounds of federated training with capture."""
+def run_server(
+    grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder, *, plain: bool = False
+) -> None:
+    """Run ``cfg.rounds`` rounds of federated training with capture.
+
+    ``plain=True`` runs Flower's strategy alone, without the capture wrapper (the
+    baseline of ``benchmarks/bench_federation.py``); it needs ``share="update"``.
+    """
     random.seed(cfg.seed)  # Flower samples clients with the ``random`` module
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(1)
@@ -124,7 +130,7 @@ def run_server(grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder)
     test_x = np.ascontiguousarray(feats[data.test_indices])
     test_y = labels[data.test_indices]
 
-    strategy = HonestButCuriousStrategy(
+    strategy: Strategy = HonestButCuriousStrategy(
         build_strategy(cfg),
         share=cfg.share,
         lr=cfg.lr,
@@ -148,6 +154,8 @@ def run_server(grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder)
         on_round=recorder.client_round,
         seed=cfg.seed,
     )
+    if plain:
+        strategy = build_strategy(cfg)
     round_start = time.perf_counter()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -168,13 +176,15 @@ def run_server(grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder)
     )
 
 
-def make_server_app(cfg: SimConfig, data: RunData, recorder: RunRecorder) -> ServerApp:
+def make_server_app(
+    cfg: SimConfig, data: RunData, recorder: RunRecorder, *, plain: bool = False
+) -> ServerApp:
     """A ServerApp bound to a prepared run."""
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, data, recorder)
+        run_server(grid, cfg, data, recorder, plain=plain)
 
     return server
 

@@ -32,9 +32,12 @@ def backend_config(cfg: SimConfig) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: SimConfig, *, stream: Any = sys.stderr) -> tuple[Path, RunRecorder]:
+def simulate(
+    cfg: SimConfig, *, stream: Any = sys.stderr, plain: bool = False
+) -> tuple[Path, RunRecorder]:
     """Run a whole simulation; returns the run folder and its recorder.
 
+    ``plain=True`` skips the capture wrapper (Flower's strategy alone), for benchmarks.
     Bad input (unknown names, missing data, impossible partitions) raises
     :class:`fedspeech.errors.FedspeechError` before Ray starts.
     """
@@ -63,7 +66,7 @@ def simulate(cfg: SimConfig, *, stream: Any = sys.stderr) -> tuple[Path, RunReco
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
-        server_app=make_server_app(cfg, data, recorder),
+        server_app=make_server_app(cfg, data, recorder, plain=plain),
         client_app=client_app,
         num_supernodes=cfg.clients,
         backend_config=backend_config(cfg),  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -23,6 +23,10 @@ from fedspeech.capture import Capture, capture_name, save_capture
 from fedspeech.training import apply_gradient
 
 TruthWriter = Callable[[int, int, Path], None]
+
+
+def _int(value: object) -> int:
+    return int(cast(int, value))
 
 
 class HonestButCuriousStrategy(Strategy):
@@ -90,15 +94,15 @@ class HonestButCuriousStrategy(Strategy):
         """Capture the chosen replies, convert gradients, and delegate aggregation."""
         replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
-        ids = [int(m.content["client"]["client-id"]) for m in ok]  # type: ignore[arg-type]
+        ids = [_int(m.content.config_records["client"]["client-id"]) for m in ok]
         chosen = self._choose(server_round, ids)
         clients: list[dict[str, Any]] = []
         for msg, cid in zip(ok, ids, strict=True):
-            metrics = msg.content["metrics"]
+            metrics = msg.content.metric_records["metrics"]
             info = {
                 "client_id": cid,
-                "num_examples": int(metrics["num-examples"]),  # type: ignore[arg-type]
-                "train_loss": float(metrics["train-loss"]),  # type: ignore[arg-type]
+                "num_examples": _int(metrics["num-examples"]),
+                "train_loss": float(cast(float, metrics["train-loss"])),
                 "captured": cid in chosen,
             }
             clients.append(info)
@@ -107,7 +111,7 @@ class HonestButCuriousStrategy(Strategy):
         if self.share == "gradient" and self._global is not None:
             glob = self._global.to_torch_state_dict()
             for msg in ok:
-                grads = msg.content["arrays"].to_torch_state_dict()
+                grads = msg.content.array_records["arrays"].to_torch_state_dict()
                 msg.content["arrays"] = ArrayRecord(apply_gradient(glob, grads, self.lr))
         result = self.inner.aggregate_train(server_round, replies)
         if self.on_round is not None:
@@ -126,14 +130,14 @@ class HonestButCuriousStrategy(Strategy):
 
     def _capture(self, server_round: int, client_id: int, msg: Message) -> None:
         assert self._global is not None
-        metrics = msg.content["metrics"]
+        metrics = msg.content.metric_records["metrics"]
         cap = Capture(
             kind=self.share,
             server_round=server_round,
             client_id=client_id,
-            num_examples=int(metrics["num-examples"]),  # type: ignore[arg-type]
+            num_examples=_int(metrics["num-examples"]),
             global_weights=self._global.to_torch_state_dict(),
-            shared=msg.content["arrays"].to_torch_state_dict(),
+            shared=msg.content.array_records["arrays"].to_torch_state_dict(),
             model=str(self.capture_meta["model"]),
             frontend=str(self.capture_meta["frontend"]),
             model_kwargs=dict(self.capture_meta.get("model_kwargs", {})),

@@ -14,11 +14,14 @@ from typing import Any
 
 from torch import nn
 
+from fedspeech.models.aasist import AASIST, AASISTL
 from fedspeech.models.kws_cnn import KeywordCNN
 from fedspeech.registry import Registry
 
 MODELS: Registry[Any] = Registry("model")
 MODELS.register("kws-cnn")(KeywordCNN)
+MODELS.register("aasist")(AASIST)
+MODELS.register("aasist-l")(AASISTL)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,227 @@
+"""What an attack works on: the global model and the gradient one client shared.
+
+:func:`target_from_capture` turns a :class:`~fedspeech.capture.Capture` into an
+:class:`AttackTarget`. A ``"gradient"`` capture (FedSGD) holds the gradient itself; an
+``"update"`` capture (FedAvg) holds the weights after local SGD, from which the mean
+gradient is estimated as the scaled weight difference ``(w_global - w_shared) / (lr * steps)``
+(the approximation used by Geiping et al., "Inverting gradients", 2020, for multi-step
+updates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedspeech.capture import Capture, CaptureFormatError, capture_name
+from fedspeech.models import build_model
+
+__all__ = ["AttackTarget", "effective_steps", "target_from_capture"]
+
+
+@dataclass
+class AttackTarget:
+    """One shared gradient and the model it was computed on.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The captured architecture, loaded with the global weights.
+    params : dict[str, torch.Tensor]
+        Global weights by parameter name (detached).
+    grads : dict[str, torch.Tensor]
+        Target gradient of the mean loss over the client's batch, same names and shapes.
+    kind : str
+        ``"gradient"`` (exact) or ``"update"`` (estimated from a weight difference).
+    batch_size : int
+        Samples behind the gradient ``B``; reconstructed features are ``(B, F, T)``.
+    input_shape : tuple[int, int]
+        ``(F, T)``, the model's feature shape.
+    num_classes : int
+        Output classes of the model.
+    frontend : str
+        Front-end registry name (``"mel"`` or ``"mfcc"``) that produced the features.
+    frontend_kwargs : dict
+        Its settings.
+    capture_id : str
+        Name of the capture (for reports), e.g. ``r003_c0017``.
+    """
+
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+    kind: str
+    batch_size: int
+    input_shape: tuple[int, int] = (32, 32)
+    num_classes: int = 10
+    frontend: str = "mel"
+    frontend_kwargs: dict[str, Any] = field(default_factory=dict)
+    capture_id: str = ""
+
+
+def effective_steps(steps: int, momentum: float = 0.0) -> float:
+    """How many gradients ``steps`` SGD steps with heavy-ball ``momentum`` add up to.
+
+    With PyTorch's ``v <- m v + g; w <- w - lr v`` and a constant gradient ``g``, the weights
+    move by ``lr * g * sum_{t=1..steps} (1 - m^t) / (1 - m)``; without momentum that is
+    ``lr * g * steps``.
+
+    Examples
+    --------
+    >>> effective_steps(5)
+    5.0
+    >>> round(effective_steps(2, 0.5), 6)
+    2.5
+    """
+    if momentum <= 0.0:
+        return float(steps)
+    return sum((1.0 - momentum**t) / (1.0 - momentum) for t in range(1, steps + 1))
+
+
+def _shape(t: torch.Tensor | torch.Size) -> str:
+    dims = tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t)
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def _check_fit(
+    cid: str,
+    model_name: str,
+    expected: Mapping[str, torch.Tensor],
+    got: Mapping[str, torch.Tensor],
+    what: str,
+    allowed_extra: frozenset[str] = frozenset(),
+) -> None:
+    """Raise :class:`CaptureFormatError` unless ``got`` has every tensor of ``expected``."""
+    for name, ref in expected.items():
+        if name not in got:
+            raise CaptureFormatError(
+                f"capture {cid} does not fit model {model_name!r}: {what} {name} is missing"
+            )
+        if tuple(got[name].shape) != tuple(ref.shape):
+            raise CaptureFormatError(
+                f"capture {cid} does not fit model {model_name!r}: {what} {name} has shape "
+                f"{_shape(got[name])} but the model expects {_shape(ref)}"
+            )
+    extra = sorted(set(got) - set(expected) - allowed_extra)
+    if extra:
+        raise CaptureFormatError(
+            f"capture {cid} does not fit model {model_name!r}: unexpected {what} {extra[0]}"
+        )
+
+
+def _training_value(cap: Capture, cid: str, key: str, default: float | None = None) -> float:
+    value = cap.training.get(key, default)
+    if value is None:
+        raise CaptureFormatError(
+            f"capture {cid} is an update but its training settings lack {key!r}"
+        )
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CaptureFormatError(
+            f"capture {cid} has a non-numeric training setting {key}={value!r}"
+        ) from None
+
+
+def _update_to_gradient(
+    cap: Capture, cid: str, names: list[str]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean-gradient estimate and number of samples behind it, from a FedAvg update."""
+    lr = _training_value(cap, cid, "lr")
+    momentum = _training_value(cap, cid, "momentum", 0.0)
+    local_steps = int(_training_value(cap, cid, "local_steps", 0))
+    if lr <= 0:
+        raise CaptureFormatError(f"capture {cid} has a non-positive learning rate {lr}")
+    if local_steps > 0:
+        steps = local_steps
+        # Examples seen over all steps; repeats cannot be told apart from the capture.
+        samples = cap.num_examples
+    else:
+        batch = int(_training_value(cap, cid, "batch_size"))
+        epochs = max(int(_training_value(cap, cid, "local_epochs", 1)), 1)
+        if batch <= 0:
+            raise CaptureFormatError(f"capture {cid} has a non-positive batch size {batch}")
+        # Local training reports examples seen over all epochs, i.e. epochs x client clips.
+        samples = max(cap.num_examples // epochs, 1)
+        steps = math.ceil(samples / batch) * epochs
+    scale = lr * effective_steps(steps, momentum)
+    grads = {n: (cap.global_weights[n].float() - cap.shared[n].float()) / scale for n in names}
+    return grads, samples
+
+
+def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
+    """Build the attack target of one capture.
+
+    Parameters
+    ----------
+    cap : Capture
+        A loaded capture (:func:`fedspeech.capture.load_capture`).
+    name : str
+        Capture name for messages and reports; defaults to ``r<round>_c<client>``.
+
+    Returns
+    -------
+    AttackTarget
+        For ``kind="gradient"`` the shared tensors are the gradient and ``batch_size`` is
+        ``num_examples``. For ``kind="update"`` the gradient is estimated as
+        ``(w_global - w_shared) / (lr * steps)``, with ``steps = local_steps`` or, when that
+        is 0, ``ceil(clips / batch_size) * local_epochs`` (momentum folded in by
+        :func:`effective_steps`).
+
+    Raises
+    ------
+    CaptureFormatError
+        Unknown kind, missing or mis-shaped tensors for the named model, or missing
+        training settings for an update.
+    """
+    cid = name or capture_name(cap.server_round, cap.client_id)
+    if cap.kind not in ("gradient", "update"):
+        raise CaptureFormatError(f"capture {cid} has unknown kind {cap.kind!r}")
+    try:
+        model = build_model(cap.model, **cap.model_kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CaptureFormatError(
+            f"capture {cid}: cannot build model {cap.model!r} from {cap.model_kwargs} ({exc})"
+        ) from None
+    expected = model.state_dict()
+    _check_fit(cid, cap.model, expected, cap.global_weights, "param")
+    named = dict(model.named_parameters())
+    # An update carries the whole state dict (buffers too), a gradient only parameters.
+    _check_fit(cid, cap.model, named, cap.shared, "shared param", frozenset(expected))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in cap.global_weights.items()})
+    names = list(named)
+    if cap.kind == "gradient":
+        grads = {n: cap.shared[n].detach().float().clone() for n in names}
+        batch_size = cap.num_examples
+    else:
+        grads, batch_size = _update_to_gradient(cap, cid, names)
+    if batch_size <= 0:
+        raise CaptureFormatError(f"capture {cid} reports {cap.num_examples} examples")
+    shape = cap.model_kwargs.get("input_shape", (32, 32))
+    input_shape = (int(shape[0]), int(shape[1]))
+    num_classes = int(cap.model_kwargs.get("num_classes", _out_features(names, named)))
+    return AttackTarget(
+        model=model,
+        params={n: p.detach().clone() for n, p in named.items()},
+        grads=grads,
+        kind=cap.kind,
+        batch_size=int(batch_size),
+        input_shape=input_shape,
+        num_classes=num_classes,
+        frontend=cap.frontend,
+        frontend_kwargs=dict(cap.frontend_kwargs),
+        capture_id=cid,
+    )
+
+
+def _out_features(names: list[str], named: Mapping[str, torch.Tensor]) -> int:
+    """Rows of the last 2-D weight: the class count of a classifier."""
+    for n in reversed(names):
+        if named[n].dim() == 2:
+            return int(named[n].shape[0])
+    raise CaptureFormatError("model has no 2-D weight to read the class count from")

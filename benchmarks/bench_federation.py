@@ -1,0 +1,215 @@
+"""Federated workload three ways in one run, plus memory against the number of clients.
+
+1. plain Flower FedAvg (no capture wrapper),
+2. fedspeech with capture (``--capture-clients`` given, ``all`` by default),
+3. the same local training steps as a sequential PyTorch loop in one process.
+
+Each mode runs in its own child process; a sampler sums the proportional set size (PSS) of
+the child and all its descendants (Ray's GCS, raylet, workers) every 0.5 s. Ratios are
+printed at the end. Ray start-up is reported separately: round 1 of a Flower run includes
+starting the actors, so it is left out of the per-round comparison.
+
+Usage::
+
+    python benchmarks/bench_federation.py            # ~10 minutes on 2 cores
+    python benchmarks/bench_federation.py --rounds 4 --skip-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory(threading.Thread):
+    """Samples the PSS of a process tree; ``peak`` is the largest sum seen."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(pss_bytes(p) for p in descendants(self.pid)))
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+
+def child(mode: str, args: argparse.Namespace, out: Path) -> None:
+    """Run one mode in this (child) process and write its timings as JSON."""
+    from fedspeech.config import SimConfig
+
+    cfg = SimConfig.from_mapping(
+        {
+            "clients": args.clients,
+            "fraction": args.fraction,
+            "rounds": args.rounds,
+            "partition": args.partition,
+            "capture-clients": args.capture if mode == "capture" else "0",
+            "out": str(out.parent / f"run-{mode}"),
+            "seed": 0,
+            "progress": False,
+        }
+    )
+    t0 = time.perf_counter()
+    if mode == "sequential":
+        rounds = sequential(cfg)
+    else:
+        from fedspeech.federation.simulate import simulate
+
+        _, rec = simulate(cfg, plain=(mode == "plain"))
+        rounds = [r["seconds"] for r in rec.rounds]
+    out.write_text(json.dumps({"rounds": rounds, "total": time.perf_counter() - t0}))
+
+
+def sequential(cfg: Any) -> list[float]:
+    """FedAvg with the same local steps, one client after another, in this process."""
+    import numpy as np
+    import torch
+
+    from fedspeech.federation.server_app import model_kwargs
+    from fedspeech.models import build_model
+    from fedspeech.prepare import open_features, prepare_run
+    from fedspeech.training import evaluate, local_batches, train_local
+
+    data = prepare_run(cfg)
+    feats, labels = open_features(str(data.features_path), str(data.labels_path))
+    test_x, test_y = np.ascontiguousarray(feats[data.test_indices]), labels[data.test_indices]
+    torch.manual_seed(cfg.seed)
+    kwargs = model_kwargs(cfg, data)
+    glob = build_model(cfg.model, **kwargs)
+    rng = np.random.default_rng(cfg.seed)
+    times = []
+    for rnd in range(1, cfg.rounds + 1):
+        t = time.perf_counter()
+        chosen = rng.choice(cfg.clients, cfg.clients_per_round(), replace=False)
+        states, weights = [], []
+        for cid in chosen:
+            model = build_model(cfg.model, **kwargs)
+            model.load_state_dict(glob.state_dict())
+            batches = local_batches(data.partitions[cid], seed=cfg.seed, server_round=rnd,
+                                    client_id=int(cid), batch_size=cfg.batch_size,
+                                    epochs=cfg.local_epochs, steps=cfg.local_steps)
+            res = train_local(model, feats, labels, batches, lr=cfg.lr)
+            states.append(model.state_dict())
+            weights.append(res.num_examples)
+        w = np.asarray(weights, dtype=np.float64) / sum(weights)
+        glob.load_state_dict(
+            {k: sum(float(wi) * s[k] for wi, s in zip(w, states, strict=True)) for k in states[0]}
+        )
+        evaluate(glob, test_x, test_y)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def run_mode(mode: str, argv: list[str], tmp: Path) -> dict[str, Any]:
+    out = tmp / f"{mode}.json"
+    cmd = [sys.executable, __file__, "--child", mode, "--child-out", str(out), *argv]
+    proc = subprocess.Popen(cmd)
+    mem = PeakMemory(proc.pid)
+    mem.start()
+    rc = proc.wait()
+    mem.stop()
+    if rc != 0:
+        raise SystemExit(f"mode {mode} failed with exit code {rc}")
+    res: dict[str, Any] = json.loads(out.read_text())
+    res["peak_pss_gb"] = mem.peak / 1e9
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--partition", default="speaker")
+    ap.add_argument("--capture", default="all", help="clients captured per round in mode 2")
+    ap.add_argument("--skip-memory", action="store_true", help="skip the 1000-client run")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args, _ = ap.parse_known_args()
+    if args.child:
+        child(args.child, args, Path(args.child_out))
+        return
+
+    base = ["--clients", str(args.clients), "--fraction", str(args.fraction),
+            "--rounds", str(args.rounds), "--partition", args.partition,
+            "--capture", args.capture]
+    with tempfile.TemporaryDirectory(prefix="fedspeech-bench-") as tmpd:
+        tmp = Path(tmpd)
+        res = {m: run_mode(m, base, tmp) for m in ("plain", "capture", "sequential")}
+        if not args.skip_memory:
+            small = ["--clients", "50", "--fraction", "0.2", "--rounds", "3",
+                     "--partition", "iid", "--capture", "1"]
+            large = ["--clients", "1000", "--fraction", "0.01", "--rounds", "3",
+                     "--partition", "iid", "--capture", "1"]
+            mem50 = run_mode("capture", small, tmp)
+            mem1000 = run_mode("capture", large, tmp)
+
+    def steady(r: dict[str, Any]) -> float:
+        return float(sum(r["rounds"][1:]))
+
+    def mean_later(r: dict[str, Any]) -> float:
+        return steady(r) / max(len(r["rounds"]) - 1, 1)
+
+    print(f"\nworkload: {args.clients} clients, fraction {args.fraction}, {args.rounds} rounds, "
+          f"partition {args.partition}; capture mode captures {args.capture} per round")
+    print(f"{'mode':<12}{'round 1 s':>10}{'rounds 2.. s':>14}{'per round s':>13}{'peak GB':>9}")
+    for m, r in res.items():
+        print(f"{m:<12}{r['rounds'][0]:>10.2f}{steady(r):>14.2f}{mean_later(r):>13.2f}"
+              f"{r['peak_pss_gb']:>9.2f}")
+    startup = res["capture"]["rounds"][0] - mean_later(res["capture"])
+    print(f"Ray start-up (round 1 minus a later round, capture mode): {startup:.1f} s")
+    print(f"capture / plain Flower (rounds 2..): {steady(res['capture']) / steady(res['plain']):.3f}"
+          "  (target <= 1.10)")
+    print(f"fedspeech / sequential loop (rounds 2..): "
+          f"{steady(res['capture']) / steady(res['sequential']):.3f}  (target <= 1.5)")
+    if not args.skip_memory:
+        print(f"peak memory, 50 clients: {mem50['peak_pss_gb']:.2f} GB (target <= 3); "
+              f"1000 clients, fraction 0.01: {mem1000['peak_pss_gb']:.2f} GB; ratio "
+              f"{mem1000['peak_pss_gb'] / mem50['peak_pss_gb']:.3f} (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""EER and min t-DCF against small cases worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedspeech.metrics import asv_error_rates, det_curve, eer, min_tdcf, tdcf_curve
+
+# Shared worked example.
+# CM scores, sorted: 0.1 s, 0.2 b, 0.3 s, 0.5 s, 0.6 s, 0.8 b, 0.9 b  (3 bona fide, 4 spoofs).
+# Rejecting scores <= t, the (miss, false alarm) points are
+#   t < 0.1: (0, 4/4)   t=0.1: (0, 3/4)   t=0.2: (1/3, 3/4)   t=0.3: (1/3, 2/4)
+#   t=0.5: (1/3, 1/4)   t=0.6: (1/3, 0)   t=0.8: (2/3, 0)     t=0.9: (1, 0)
+BONA = [0.2, 0.8, 0.9]
+SPOOF = [0.1, 0.3, 0.5, 0.6]
+
+
+def test_det_curve_points() -> None:
+    miss, fa, thr = det_curve(BONA, SPOOF)
+    np.testing.assert_allclose(miss, [0, 0, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(fa, [1, 3 / 4, 3 / 4, 2 / 4, 1 / 4, 0, 0, 0])
+    np.testing.assert_allclose(thr, [0.099, 0.1, 0.2, 0.3, 0.5, 0.6, 0.8, 0.9])
+
+
+def test_eer_perfect_separation_is_zero() -> None:
+    # Rejecting everything up to the best spoof (0.4) misses no bona fide trial.
+    value, threshold = eer([0.7, 0.9, 0.8], [0.1, 0.4, 0.3])
+    assert value == 0.0
+    assert threshold == pytest.approx(0.4)
+
+
+def test_eer_mixed_case() -> None:
+    # |miss - fa| along the curve: 1, 3/4, 5/12, 1/6, 1/12, 1/3, 2/3, 1 -> smallest at t=0.5,
+    # where miss = 1/3 and fa = 1/4, so EER = (1/3 + 1/4) / 2 = 7/24.
+    value, threshold = eer(BONA, SPOOF)
+    assert value == pytest.approx(7 / 24)
+    assert threshold == pytest.approx(0.5)
+
+
+def test_eer_inverted_and_tied_scores() -> None:
+    # Every spoof above every bona fide: the curve passes through (1, 1), EER = 1.
+    assert eer([0.1, 0.2], [0.8, 0.9])[0] == pytest.approx(1.0)
+    # All scores equal: only "accept all" (0, 1) and "reject all" (1, 0) exist, EER = 1/2.
+    assert eer([0.5, 0.5], [0.5, 0.5])[0] == pytest.approx(0.5)
+
+
+def test_eer_matches_brute_force_on_random_scores() -> None:
+    rng = np.random.default_rng(0)
+    bona, spoof = rng.normal(1.0, 1.0, 200), rng.normal(-1.0, 1.0, 300)
+    candidates = np.concatenate([[-np.inf], np.sort(np.concatenate([bona, spoof]))])
+    miss = np.array([np.mean(bona <= t) for t in candidates])
+    fa = np.array([np.mean(spoof > t) for t in candidates])
+    k = np.argmin(np.abs(miss - fa))
+    assert eer(bona, spoof)[0] == pytest.approx((miss[k] + fa[k]) / 2)
+    assert 0.1 < eer(bona, spoof)[0] < 0.2  # two unit Gaussians 2 apart: EER ~ 0.159
+
+
+# ASV scores, sorted: 0 n, 1 t, 2 n, 3 n, 4 t, 5 t, 6 t, 7 n (4 targets, 4 non-targets).
+# Its curve reaches miss = fa = 1/4 at t = 3 (target 1 missed, non-target 7 accepted), so
+# the ASV EER threshold is 3, P_miss_asv = P_fa_asv = 1/4, and of the spoofs
+# [0.5, 3.5, 8, 9] one (0.5) is rejected: P_miss_spoof_asv = 1/4.
+ASV_TAR = [1.0, 4.0, 5.0, 6.0]
+ASV_NON = [0.0, 2.0, 3.0, 7.0]
+ASV_SPOOF = [0.5, 3.5, 8.0, 9.0]
+
+
+def test_asv_error_rates_at_eer_threshold() -> None:
+    assert eer(ASV_TAR, ASV_NON) == (0.25, 3.0)
+    rates = asv_error_rates(ASV_TAR, ASV_NON, ASV_SPOOF, 3.0)
+    assert (rates.p_fa, rates.p_miss, rates.p_miss_spoof) == (0.25, 0.25, 0.25)
+
+
+def test_min_tdcf_hand_computed() -> None:
+    # Priors: pi_tar = 0.95 * 0.99 = 0.9405, pi_non = 0.95 * 0.01 = 0.0095, pi_spoof = 0.05.
+    # C1 = 0.9405 * (1 - 1 * 0.25) - 0.0095 * 10 * 0.25 = 0.705375 - 0.02375 = 0.681625
+    # C2 = 10 * 0.05 * (1 - 0.25) = 0.375, so min(C1, C2) = C2 and
+    # t-DCF_norm(t) = (C1 / C2) * miss(t) + fa(t) = 1.8176667 * miss + fa. On the CM curve:
+    #   1, 0.75, 1.356, 1.106, 0.856, 0.606 (t=0.6: miss 1/3, fa 0), 1.212, 1.818
+    # so the minimum is C1 / C2 / 3 = 0.681625 / 1.125 = 0.6058889 at t = 0.6.
+    value, threshold = min_tdcf(BONA, SPOOF, ASV_TAR, ASV_NON, ASV_SPOOF)
+    assert value == pytest.approx(0.681625 / 1.125)
+    assert threshold == pytest.approx(0.6)
+    curve, _ = tdcf_curve(BONA, SPOOF, asv_error_rates(ASV_TAR, ASV_NON, ASV_SPOOF, 3.0))
+    c1_over_c2 = 0.681625 / 0.375
+    miss, fa, _ = det_curve(BONA, SPOOF)
+    np.testing.assert_allclose(curve, c1_over_c2 * miss + fa)
+
+
+def test_min_tdcf_perfect_and_useless_cm() -> None:
+    # A perfect CM has an operating point with no misses and no false alarms: t-DCF 0.
+    assert min_tdcf([0.9, 0.8], [0.1, 0.2], ASV_TAR, ASV_NON, ASV_SPOOF)[0] == 0.0
+    # A CM giving one score to all can only accept all (cost C2) or reject all (cost C1);
+    # normalised by min(C1, C2) the best is exactly 1.
+    assert min_tdcf([0.5] * 3, [0.5] * 4, ASV_TAR, ASV_NON, ASV_SPOOF)[0] == pytest.approx(1.0)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        eer([], [0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        eer([np.nan, 0.2], [0.1])
+    # An ASV system rejecting every spoof leaves the CM nothing to prevent (C2 = 0).
+    with pytest.raises(ValueError, match="positive"):
+        min_tdcf(BONA, SPOOF, ASV_TAR, ASV_NON, [-5.0, -6.0])
