@@ -128,9 +128,15 @@ def sequential(cfg: Any) -> list[float]:
         for cid in chosen:
             model = build_model(cfg.model, **kwargs)
             model.load_state_dict(glob.state_dict())
-            batches = local_batches(data.partitions[cid], seed=cfg.seed, server_round=rnd,
-                                    client_id=int(cid), batch_size=cfg.batch_size,
-                                    epochs=cfg.local_epochs, steps=cfg.local_steps)
+            batches = local_batches(
+                data.partitions[cid],
+                seed=cfg.seed,
+                server_round=rnd,
+                client_id=int(cid),
+                batch_size=cfg.batch_size,
+                epochs=cfg.local_epochs,
+                steps=cfg.local_steps,
+            )
             res = train_local(model, feats, labels, batches, lr=cfg.lr)
             states.append(model.state_dict())
             weights.append(res.num_examples)
@@ -173,17 +179,46 @@ def main() -> None:
         child(args.child, args, Path(args.child_out))
         return
 
-    base = ["--clients", str(args.clients), "--fraction", str(args.fraction),
-            "--rounds", str(args.rounds), "--partition", args.partition,
-            "--capture", args.capture]
+    base = [
+        "--clients",
+        str(args.clients),
+        "--fraction",
+        str(args.fraction),
+        "--rounds",
+        str(args.rounds),
+        "--partition",
+        args.partition,
+        "--capture",
+        args.capture,
+    ]
     with tempfile.TemporaryDirectory(prefix="fedspeech-bench-") as tmpd:
         tmp = Path(tmpd)
         res = {m: run_mode(m, base, tmp) for m in ("plain", "capture", "sequential")}
         if not args.skip_memory:
-            small = ["--clients", "50", "--fraction", "0.2", "--rounds", "3",
-                     "--partition", "iid", "--capture", "1"]
-            large = ["--clients", "1000", "--fraction", "0.01", "--rounds", "3",
-                     "--partition", "iid", "--capture", "1"]
+            small = [
+                "--clients",
+                "50",
+                "--fraction",
+                "0.2",
+                "--rounds",
+                "3",
+                "--partition",
+                "iid",
+                "--capture",
+                "1",
+            ]
+            large = [
+                "--clients",
+                "1000",
+                "--fraction",
+                "0.01",
+                "--rounds",
+                "3",
+                "--partition",
+                "iid",
+                "--capture",
+                "1",
+            ]
             mem50 = run_mode("capture", small, tmp)
             mem1000 = run_mode("capture", large, tmp)
 
@@ -193,22 +228,32 @@ def main() -> None:
     def mean_later(r: dict[str, Any]) -> float:
         return steady(r) / max(len(r["rounds"]) - 1, 1)
 
-    print(f"\nworkload: {args.clients} clients, fraction {args.fraction}, {args.rounds} rounds, "
-          f"partition {args.partition}; capture mode captures {args.capture} per round")
+    print(
+        f"\nworkload: {args.clients} clients, fraction {args.fraction}, {args.rounds} rounds, "
+        f"partition {args.partition}; capture mode captures {args.capture} per round"
+    )
     print(f"{'mode':<12}{'round 1 s':>10}{'rounds 2.. s':>14}{'per round s':>13}{'peak GB':>9}")
     for m, r in res.items():
-        print(f"{m:<12}{r['rounds'][0]:>10.2f}{steady(r):>14.2f}{mean_later(r):>13.2f}"
-              f"{r['peak_pss_gb']:>9.2f}")
+        print(
+            f"{m:<12}{r['rounds'][0]:>10.2f}{steady(r):>14.2f}{mean_later(r):>13.2f}"
+            f"{r['peak_pss_gb']:>9.2f}"
+        )
     startup = res["capture"]["rounds"][0] - mean_later(res["capture"])
     print(f"Ray start-up (round 1 minus a later round, capture mode): {startup:.1f} s")
-    print(f"capture / plain Flower (rounds 2..): {steady(res['capture']) / steady(res['plain']):.3f}"
-          "  (target <= 1.10)")
-    print(f"fedspeech / sequential loop (rounds 2..): "
-          f"{steady(res['capture']) / steady(res['sequential']):.3f}  (target <= 1.5)")
+    print(
+        f"capture / plain Flower (rounds 2..): {steady(res['capture']) / steady(res['plain']):.3f}"
+        "  (target <= 1.10)"
+    )
+    print(
+        f"fedspeech / sequential loop (rounds 2..): "
+        f"{steady(res['capture']) / steady(res['sequential']):.3f}  (target <= 1.5)"
+    )
     if not args.skip_memory:
-        print(f"peak memory, 50 clients: {mem50['peak_pss_gb']:.2f} GB (target <= 3); "
-              f"1000 clients, fraction 0.01: {mem1000['peak_pss_gb']:.2f} GB; ratio "
-              f"{mem1000['peak_pss_gb'] / mem50['peak_pss_gb']:.3f} (target <= 1.2)")
+        print(
+            f"peak memory, 50 clients: {mem50['peak_pss_gb']:.2f} GB (target <= 3); "
+            f"1000 clients, fraction 0.01: {mem1000['peak_pss_gb']:.2f} GB; ratio "
+            f"{mem1000['peak_pss_gb'] / mem50['peak_pss_gb']:.3f} (target <= 1.2)"
+        )
 
 
 if __name__ == "__main__":

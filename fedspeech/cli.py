@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = dsub.add_parser("synth", help="build the built-in eSpeak NG keyword corpus")
     synth.add_argument("--out", default=None, help="folder (default: the cache)")
-    synth.add_argument("--speakers", type=int, default=80)
-    synth.add_argument("--takes", type=int, default=5)
+    synth.add_argument("--speakers", type=int, default=200)
+    synth.add_argument("--takes", type=int, default=3)
     synth.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -35,14 +35,14 @@ class SimConfig:
     activation: str = "relu"
     clients: int = 10
     fraction: float = 0.2
-    rounds: int = 20
+    rounds: int = 30
     partition: str = "speaker"
     alpha: float = 0.5
     share: str = "update"
-    local_epochs: int = 2
+    local_epochs: int = 3
     local_steps: int = 0
     batch_size: int = 16
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.0
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
@@ -52,15 +52,15 @@ class SimConfig:
     out: str | None = None
     ray_address: str | None = None
     cpus_per_client: float = 1.0
-    synth_speakers: int = 80
-    synth_takes: int = 5
+    synth_speakers: int = 200
+    synth_takes: int = 3
     progress: bool = True
 
     # ------------------------------------------------------------------ building
     @classmethod
     def keys(cls) -> list[str]:
         """Names of the settable keys (underscore form)."""
-        return [f.name for f in dataclasses.fields(cls) ]
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> SimConfig:
@@ -69,7 +69,7 @@ class SimConfig:
 
     def updated(self, values: Mapping[str, Any], source: str = "config") -> SimConfig:
         """A copy with ``values`` applied on top (``None`` values are ignored)."""
-        known = {f.name: f for f in dataclasses.fields(self) }
+        known = {f.name: f for f in dataclasses.fields(self)}
         changes: dict[str, Any] = {}
         for raw_key, value in values.items():
             key = raw_key.replace("-", "_")
@@ -98,11 +98,11 @@ class SimConfig:
         if self.rounds < 1:
             raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
         if self.share not in SHARE_MODES:
-            raise ConfigError(f"--share must be one of {', '.join(SHARE_MODES)}, got {self.share!r}")
-        if self.strategy not in STRATEGIES:
             raise ConfigError(
-                f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}"
+                f"--share must be one of {', '.join(SHARE_MODES)}, got {self.share!r}"
             )
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
         if self.batch_size < 1:

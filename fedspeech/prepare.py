@@ -20,9 +20,9 @@ import torch
 
 from fedspeech.config import SimConfig
 from fedspeech.data.corpus import KeywordCorpus
+from fedspeech.data.loaders import DATASETS
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.fileio import atomic_save_npy, atomic_write_text
-from fedspeech.data.loaders import DATASETS
 from fedspeech.frontends import build_frontend
 from fedspeech.models import MODELS
 

@@ -12,8 +12,15 @@ def make_capture() -> Capture:
     g = {"a.weight": torch.randn(3, 4), "a.bias": torch.randn(3)}
     s = {k: torch.randn_like(v) for k, v in g.items()}
     return Capture(
-        kind="gradient", server_round=2, client_id=5, num_examples=1, global_weights=g,
-        shared=s, model="kws-cnn", frontend="mel", model_kwargs={"num_classes": 3},
+        kind="gradient",
+        server_round=2,
+        client_id=5,
+        num_examples=1,
+        global_weights=g,
+        shared=s,
+        model="kws-cnn",
+        frontend="mel",
+        model_kwargs={"num_classes": 3},
         training={"lr": 0.1},
     )
 
@@ -22,7 +29,12 @@ def test_round_trip(tmp_path: Path) -> None:
     cap = make_capture()
     path = save_capture(cap, tmp_path / "c.safetensors")
     back = load_capture(path)
-    assert (back.kind, back.server_round, back.client_id, back.num_examples) == ("gradient", 2, 5, 1)
+    assert (back.kind, back.server_round, back.client_id, back.num_examples) == (
+        "gradient",
+        2,
+        5,
+        1,
+    )
     assert list(back.global_weights) == list(cap.global_weights)
     for k in cap.shared:
         torch.testing.assert_close(back.shared[k], cap.shared[k])

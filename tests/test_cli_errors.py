@@ -79,7 +79,14 @@ def test_unknown_flag() -> None:
 @needs_fsdd
 def test_more_clients_than_speakers(tmp_path: Path) -> None:
     proc = run_cli(
-        "simulate", "--dataset", "fsdd", "--data-root", str(FSDD), "--clients", "7",
-        "--out", str(tmp_path / "run"),
+        "simulate",
+        "--dataset",
+        "fsdd",
+        "--data-root",
+        str(FSDD),
+        "--clients",
+        "7",
+        "--out",
+        str(tmp_path / "run"),
     )
     assert_one_line_error(proc, "7 clients but only 6 speakers")

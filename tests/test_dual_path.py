@@ -184,7 +184,7 @@ def test_train_dual_path_with_batch_norm_and_gradvac() -> None:
     waves, labels = _toy(n=32)
     batches = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 24)]
     result = train_dual_path(
-        model, waves, labels, batches, augment=_noise, alignment="gradvac", lr=1e-3,
+        model, waves, labels, batches, augment=_noise, alignment=build_aligner("gradvac"), lr=1e-3,
         optimizer="sgd", momentum=0.9, weight_decay=1e-4,
     )  # fmt: skip
     assert result.steps == 3 and np.isfinite(result.loss)

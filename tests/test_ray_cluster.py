@@ -52,32 +52,86 @@ def test_simulation_on_two_node_cluster(tmp_path: Path, tiny_cache: Path) -> Non
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     try:
         subprocess.run(
-            [str(RAY), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-             "--temp-dir", str(temp_dir), "--include-dashboard", "false", *common],
-            check=True, capture_output=True, env=env, timeout=120,
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--port",
+                str(port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--temp-dir",
+                str(temp_dir),
+                "--include-dashboard",
+                "false",
+                *common,
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
         )
         subprocess.run(
-            [str(RAY), "start", "--address", f"127.0.0.1:{port}",
-             "--node-ip-address", "127.0.0.1", *common],
-            check=True, capture_output=True, env=env, timeout=120,
+            [
+                str(RAY),
+                "start",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--node-ip-address",
+                "127.0.0.1",
+                *common,
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
         )
         import ray  # noqa: F401 - only to query the cluster from a child process below
 
         nodes = subprocess.run(
-            [sys.executable, "-c",
-             f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR');"
-             "print(sum(1 for n in ray.nodes() if n['Alive']))"],
-            capture_output=True, text=True, env=env, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR');"
+                "print(sum(1 for n in ray.nodes() if n['Alive']))",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
         )
         assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
 
         run_dir = tmp_path / "run"
         proc = subprocess.run(
-            [sys.executable, "-m", "fedspeech", "simulate", "--synth-speakers", "12",
-             "--synth-takes", "1", "--clients", "4", "--partition", "iid", "--fraction", "1",
-             "--rounds", "2", "--local-steps", "2", "--ray-address", f"127.0.0.1:{port}",
-             "--out", str(run_dir)],
-            capture_output=True, text=True, env=env, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "fedspeech",
+                "simulate",
+                "--synth-speakers",
+                "12",
+                "--synth-takes",
+                "1",
+                "--clients",
+                "4",
+                "--partition",
+                "iid",
+                "--fraction",
+                "1",
+                "--rounds",
+                "2",
+                "--local-steps",
+                "2",
+                "--ray-address",
+                f"127.0.0.1:{port}",
+                "--out",
+                str(run_dir),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -37,7 +37,10 @@ def simulate(tmp: Path, cache: Path, *args: str) -> Path:
     before = ray_processes()
     proc = subprocess.run(
         [sys.executable, "-m", "fedspeech", "simulate", *TINY, "--out", str(run_dir), *args],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ray_processes() <= before, "simulate left Ray processes behind"
@@ -57,8 +60,16 @@ def original_features(cache: Path, clip_ids: list[str]) -> torch.Tensor:
 
 def test_gradient_capture_matches_recomputed_gradient(tmp_path: Path, tiny_cache: Path) -> None:
     run = simulate(
-        tmp_path, tiny_cache, "--share", "gradient", "--batch-size", "1", "--rounds", "2",
-        "--capture-clients", "all",
+        tmp_path,
+        tiny_cache,
+        "--share",
+        "gradient",
+        "--batch-size",
+        "1",
+        "--rounds",
+        "2",
+        "--capture-clients",
+        "all",
     )
     caps = sorted((run / "captures").glob("*.safetensors"))
     assert len(caps) == 2 * 3
@@ -80,12 +91,13 @@ def test_gradient_capture_matches_recomputed_gradient(tmp_path: Path, tiny_cache
     assert set(metrics["final"]) == {"accuracy", "loss"}
     assert all(len(r["clients"]) == 3 for r in metrics["rounds"])
     assert (run / "accuracy.png").stat().st_size > 1000
-    assert "share = \"gradient\"" in (run / "config.toml").read_text()
+    assert 'share = "gradient"' in (run / "config.toml").read_text()
 
 
 def test_update_capture_matches_replayed_training(tmp_path: Path, tiny_cache: Path) -> None:
-    run = simulate(tmp_path, tiny_cache, "--rounds", "2", "--local-epochs", "1",
-                   "--capture-clients", "1")
+    run = simulate(
+        tmp_path, tiny_cache, "--rounds", "2", "--local-epochs", "1", "--capture-clients", "1"
+    )
     caps = sorted((run / "captures").glob("*.safetensors"))
     assert len(caps) == 2  # one client per round
     cap = load_capture(caps[-1])

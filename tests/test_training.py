@@ -68,8 +68,9 @@ def test_training_reduces_loss() -> None:
     templates = rng.standard_normal((4, 32, 32))
     feats = (templates[labels] + 0.3 * rng.standard_normal((40, 32, 32))).astype(np.float32)
     before, _ = evaluate(model, feats, labels)
-    batches = local_batches(np.arange(40), seed=0, server_round=1, client_id=0, batch_size=8,
-                            epochs=3)
+    batches = local_batches(
+        np.arange(40), seed=0, server_round=1, client_id=0, batch_size=8, epochs=3
+    )
     train_local(model, feats, labels, batches, lr=0.02)
     after, acc = evaluate(model, feats, labels)
     assert after < before

@@ -55,8 +55,9 @@ def counts_from_bias(
     Examples
     --------
     >>> import torch
-    >>> g = torch.tensor([0.25, -0.5, 0.25]) / 2  # B=2, uniform p, both samples class 1
-    >>> counts_from_bias(g, torch.full((3,), 2 / 3), 2).tolist()
+    >>> s = torch.full((3,), 2 / 3)  # B=2 samples, uniform softmax: S_j = 2/3
+    >>> g = (s - torch.tensor([0.0, 2.0, 0.0])) / 2  # both samples are class 1
+    >>> counts_from_bias(g, s, 2).tolist()
     [0, 2, 0]
     """
     g = bias_grad.detach().double().cpu()

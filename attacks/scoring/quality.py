@@ -162,9 +162,23 @@ def w_mse(
     return float(np.mean(np.square(a - b))) if a.size else float("nan")
 
 
+def _unscorable(a: np.ndarray, b: np.ndarray) -> str | None:
+    """Why a pair cannot be scored at all, or None."""
+    if a.size == 0:
+        return "empty signals"
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return "NaN or infinite samples"
+    if float(np.max(np.abs(a))) == 0.0:
+        return "silent reference"
+    return None
+
+
 def _pesq(metric: str, fs: int, mode: str, a: np.ndarray, b: np.ndarray) -> float:
     import pesq as pesq_lib
 
+    why = _unscorable(a, b)
+    if why is not None:
+        return _fail(metric, ValueError(why))
     try:
         return float(pesq_lib.pesq(fs, a.astype(np.float32), b.astype(np.float32), mode))
     except (pesq_lib.PesqError, ValueError) as err:
@@ -172,7 +186,9 @@ def _pesq(metric: str, fs: int, mode: str, a: np.ndarray, b: np.ndarray) -> floa
 
 
 @METRICS.register("pesq_nb")
-def pesq_nb(original: np.ndarray, reconstruction: np.ndarray, sr: int = 16_000, **ctx: object) -> float:
+def pesq_nb(
+    original: np.ndarray, reconstruction: np.ndarray, sr: int = 16_000, **ctx: object
+) -> float:
     """Narrow-band PESQ (ITU-T P.862 + P.862.1 MOS-LQO, 1.0-4.5), the study's PESQ scale.
 
     Both signals are resampled to 8 kHz (``scipy.signal.resample_poly``) and scored by
@@ -184,7 +200,9 @@ def pesq_nb(original: np.ndarray, reconstruction: np.ndarray, sr: int = 16_000, 
 
 
 @METRICS.register("pesq_wb")
-def pesq_wb(original: np.ndarray, reconstruction: np.ndarray, sr: int = 16_000, **ctx: object) -> float:
+def pesq_wb(
+    original: np.ndarray, reconstruction: np.ndarray, sr: int = 16_000, **ctx: object
+) -> float:
     """Wide-band PESQ (ITU-T P.862.2, 1.0-4.64) at 16 kHz via ``pesq.pesq(16000, ..., 'wb')``.
 
     NaN (with a warning) when PESQ fails.
@@ -226,6 +244,9 @@ def stoi(
     clips the standard cannot score. NaN (with a warning) if it still fails.
     """
     a, b = align(original, reconstruction)
+    why = _unscorable(a, b)
+    if why is not None:
+        return _fail("stoi", ValueError(why))
     try:
         value = _stoi_once(a, b, sr)
         tiles = 1

@@ -35,7 +35,9 @@ class RunRecorder:
         self.initial: dict[str, float] | None = None
         self._pending: dict[int, dict[str, Any]] = {}
 
-    def client_round(self, server_round: int, clients: list[dict[str, Any]], seconds: float) -> None:
+    def client_round(
+        self, server_round: int, clients: list[dict[str, Any]], seconds: float
+    ) -> None:
         """Per-client results of a round's training, before evaluation."""
         self._pending[server_round] = {"clients": clients, "train_seconds": seconds}
 

@@ -17,3 +17,6 @@ __all__ = [
     "local_batches",
     "train_local",
 ]
+# Dual-path alignment (fedspeech.training.dual_path, .aligners) and RoGA
+# (fedspeech.training.roga) import torchjd; they are imported where used, so keyword
+# spotting clients do not pay for it.

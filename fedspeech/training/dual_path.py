@@ -209,7 +209,7 @@ def train_dual_path(
     batches: list[np.ndarray],
     *,
     augment: Callable[[Tensor], Tensor],
-    alignment: str,
+    alignment: str | Aggregator,
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
@@ -232,21 +232,26 @@ def train_dual_path(
         Corpus positions per step, from :func:`~fedspeech.training.local.local_batches`.
     augment : Callable[[Tensor], Tensor]
         ``(B, T) → (B, T)`` augmentation of the second path (e.g. RawBoost).
-    alignment : str
-        Aligner name: ``none``, ``pcgrad``, ``gradvac``, ``cagrad`` or ``upgrad``.
+    alignment : str or Aggregator
+        Aligner name (``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad``), or a built
+        aligner to reuse, e.g. to keep GradVac's EMA state across federated rounds (a name
+        builds a fresh one per call).
     lr, momentum, weight_decay : float
         Optimizer settings (``momentum`` applies to SGD only).
     optimizer : str
         ``adam`` (as in the paper) or ``sgd``.
     aligner_kwargs : dict, optional
-        Passed to :func:`~fedspeech.training.aligners.build_aligner`.
+        Passed to :func:`~fedspeech.training.aligners.build_aligner` (names only).
 
     Returns
     -------
     DualPathResult
         ``conflict_rate`` is the fraction of steps with ``cos(g_clean, g_aug) < 0``.
     """
-    aligner = build_aligner(alignment, **(aligner_kwargs or {}))
+    if isinstance(alignment, Aggregator):
+        aligner = alignment
+    else:
+        aligner = build_aligner(alignment, **(aligner_kwargs or {}))
     params = trainable_parameters(model)
     opt = build_optimizer(optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()

@@ -112,16 +112,16 @@ def train_local(
         total += float(loss.detach()) * len(batch)
         seen += len(batch)
         if proximal_mu > 0:
-            prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+            prox = sum(
+                ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+            )
             loss = loss + 0.5 * proximal_mu * prox
         loss.backward()
         opt.step()
     return LocalResult(num_examples=seen, loss=total / max(seen, 1), steps=len(batches))
 
 
-def compute_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def compute_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Gradient of the mean cross-entropy over one batch, by parameter name.
 
     This is what a client shares with ``--share gradient`` (FedSGD): one local step's

@@ -1,0 +1,224 @@
+"""Attack targets from captures and stage 1 (feature recovery by gradient matching)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from attacks.features import (
+    DISTANCES,
+    initial_features,
+    reconstruct,
+    reconstruct_plain,
+)
+from attacks.labels import recover_labels
+from attacks.target import AttackTarget, target_from_capture
+from fedspeech.capture import Capture, CaptureFormatError, load_capture, save_capture
+from fedspeech.errors import ConfigError
+from fedspeech.models import build_model
+from fedspeech.training.local import compute_gradient, local_batches, train_local
+from tests.conftest import FSDD, needs_fsdd
+
+# Small inputs keep each optimisation step cheap; the architecture is the study's.
+SHAPE = (12, 12)
+KWARGS = {"num_classes": 10, "input_shape": list(SHAPE)}
+
+
+def speech_like(batch: int, seed: int) -> torch.Tensor:
+    """Smooth positive ``(B, F, T)`` patterns in (0, 1), like broad spectral shapes."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, 1, 4, 4, generator=gen)
+    return torch.sigmoid(2 * F.interpolate(z, size=SHAPE, mode="bicubic", align_corners=True)[:, 0])
+
+
+def fsdd_features() -> torch.Tensor:
+    """Real MFCCs of one FSDD clip, ``(1, 12, 12)``: low coefficients, centre frames."""
+    from fedspeech.data.audio import read_clips
+    from fedspeech.frontends import build_frontend
+
+    waves, _ = read_clips([FSDD / "recordings" / "3_jackson_0.wav"])
+    assert waves[0] is not None
+    mfcc = build_frontend("mfcc")(torch.from_numpy(np.stack([waves[0]])))
+    return mfcc[:, : SHAPE[0], 10 : 10 + SHAPE[1]].contiguous()
+
+
+def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackTarget:
+    return AttackTarget(
+        model=model,
+        params={n: p.detach() for n, p in model.named_parameters()},
+        grads=compute_gradient(model, x, y),
+        kind="gradient",
+        batch_size=int(y.numel()),
+        input_shape=SHAPE,
+    )
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b) ** 2).mean())
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("kws-cnn", **KWARGS)
+
+
+# ------------------------------------------------------------------ target_from_capture
+
+
+def make_capture(model: torch.nn.Module, kind: str, **training: float) -> Capture:
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    return Capture(
+        kind=kind, server_round=3, client_id=17, num_examples=1, global_weights=weights,
+        shared={}, model="kws-cnn", frontend="mfcc", model_kwargs=dict(KWARGS),
+        training=dict(training),
+    )
+
+
+def test_target_from_gradient_capture(model: torch.nn.Module, tmp_path: Path) -> None:
+    x, y = speech_like(2, 0), torch.tensor([1, 5])
+    cap = make_capture(model, "gradient", lr=0.1)
+    cap.shared, cap.num_examples = compute_gradient(model, x, y), 2
+    cap = load_capture(save_capture(cap, tmp_path / "c.safetensors"))
+    target = target_from_capture(cap)
+    assert target.capture_id == "r003_c0017" and target.kind == "gradient"
+    assert (target.batch_size, target.input_shape, target.num_classes) == (2, SHAPE, 10)
+    assert target.frontend == "mfcc"
+    for name, g in cap.shared.items():
+        torch.testing.assert_close(target.grads[name], g)
+        torch.testing.assert_close(target.params[name], cap.global_weights[name])
+    # The rebuilt model carries the global weights: it reproduces the shared gradient.
+    again = compute_gradient(target.model, x, y)
+    for name, g in again.items():
+        torch.testing.assert_close(g, cap.shared[name])
+
+
+@pytest.mark.parametrize(
+    ("settings", "reported", "steps", "samples"),
+    [
+        ({"batch_size": 2, "local_epochs": 1, "local_steps": 0}, 4, 2, 4),
+        ({"batch_size": 2, "local_epochs": 2, "local_steps": 0}, 8, 4, 4),
+        ({"batch_size": 2, "local_epochs": 1, "local_steps": 3}, 6, 3, 6),
+    ],
+)
+def test_target_from_update_capture(
+    model: torch.nn.Module, settings: dict[str, int], reported: int, steps: int, samples: int
+) -> None:
+    lr = 1e-3
+    feats = speech_like(4, 1).numpy()
+    labels = np.array([0, 2, 2, 7])
+    batches = local_batches(
+        np.arange(4), seed=0, server_round=3, client_id=17, batch_size=settings["batch_size"],
+        epochs=settings["local_epochs"], steps=settings["local_steps"],
+    )
+    local = build_model("kws-cnn", **KWARGS)
+    local.load_state_dict(model.state_dict())
+    res = train_local(local, feats, labels, batches, lr=lr)
+    assert (res.steps, res.num_examples) == (steps, reported)
+    cap = make_capture(model, "update", lr=lr, **settings)
+    cap.shared, cap.num_examples = local.state_dict(), res.num_examples
+    target = target_from_capture(cap, name="mine")
+    assert target.capture_id == "mine" and target.batch_size == samples
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(target.grads[name], (w - cap.shared[name]) / (lr * steps))
+    # With a small learning rate the estimate is close to the gradient over all clips.
+    full = compute_gradient(model, torch.from_numpy(feats), torch.from_numpy(labels))
+    est = torch.cat([target.grads[n].flatten() for n in full])
+    ref = torch.cat([g.flatten() for g in full.values()])
+    assert float(F.cosine_similarity(est, ref, dim=0)) > 0.99
+
+
+def test_update_needs_learning_rate(model: torch.nn.Module) -> None:
+    cap = make_capture(model, "update", batch_size=2)
+    cap.shared = model.state_dict()
+    with pytest.raises(CaptureFormatError, match="lack 'lr'"):
+        target_from_capture(cap)
+
+
+def test_capture_that_does_not_fit_the_model(model: torch.nn.Module) -> None:
+    other = build_model("kws-cnn", num_classes=5, input_shape=SHAPE)
+    cap = make_capture(model, "gradient")
+    cap.shared = compute_gradient(other, speech_like(1, 0), torch.tensor([1]))
+    with pytest.raises(
+        CaptureFormatError,
+        match=r"capture r003_c0017 does not fit model 'kws-cnn': shared param "
+        r"classifier\.3\.weight has shape \(5, 128\) but the model expects \(10, 128\)",
+    ):
+        target_from_capture(cap)
+    cap = make_capture(model, "gradient")
+    del cap.global_weights["features.0.bias"]
+    with pytest.raises(CaptureFormatError, match="param features.0.bias is missing"):
+        target_from_capture(cap)
+
+
+# -------------------------------------------------------------------------- stage 1
+
+
+@pytest.mark.parametrize("source", ["synthetic", pytest.param("fsdd", marks=needs_fsdd)])
+def test_plain_recovers_features(model: torch.nn.Module, source: str) -> None:
+    x = speech_like(1, 3) if source == "synthetic" else fsdd_features()
+    target = make_target(model, x, torch.tensor([3]))
+    labels = recover_labels(target)
+    rec = reconstruct_plain(target, labels, iterations=150, restarts=1)
+    start = initial_features((1, *SHAPE), seed=0, restart=0)
+    assert rec.features.shape == (1, *SHAPE) and rec.labels.tolist() == [3]
+    assert (rec.iterations, rec.restarts_run) == (150, 1)
+    assert mse(rec.features, x) < 0.1 * mse(start, x)
+
+
+def test_batched_matches_each_alone(model: torch.nn.Module) -> None:
+    torch.manual_seed(1)
+    other = build_model("kws-cnn", **KWARGS)  # a different round's global weights
+    targets = [
+        make_target(model, speech_like(1, 10), torch.tensor([2])),
+        make_target(model, speech_like(1, 11), torch.tensor([7])),
+        make_target(other, speech_like(1, 12), torch.tensor([4])),
+    ]
+    labels = [recover_labels(t) for t in targets]
+    opts = {"iterations": 40, "restarts": 1, "patience": 10**6}
+    seen: list[tuple[int, int]] = []
+    batched = reconstruct(targets, labels, progress=lambda i, n: seen.append((i, n)), **opts)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    for target, y, got in zip(targets, labels, batched, strict=True):
+        alone = reconstruct([target], [y], **opts)[0]
+        assert got.iterations == alone.iterations == 40
+        torch.testing.assert_close(got.features, alone.features, atol=1e-3, rtol=0)
+        assert math.isclose(got.matching_loss, alone.matching_loss, rel_tol=1e-2)
+    # The fast loop follows the plain loop's trajectory (it keeps the best iterate, the
+    # plain loop the last), and factored linear layers change nothing but the cost.
+    plain = reconstruct_plain(targets[0], labels[0], iterations=40, restarts=1)
+    full = reconstruct(targets[:1], labels[:1], factored=False, **opts)[0]
+    torch.testing.assert_close(full.features, batched[0].features, atol=1e-3, rtol=0)
+    assert float((plain.features - batched[0].features).abs().max()) < 0.05
+
+
+def test_early_stop_and_restart_skip(model: torch.nn.Module) -> None:
+    x = speech_like(1, 4)
+    target = make_target(model, x, torch.tensor([8]))
+    labels = [recover_labels(target)]
+    # Easy: stop at 1 % of the zero-gradient loss, and call that near zero.
+    (rec,) = reconstruct([target], labels, iterations=3000, floor=1e-2, skip_below=1e-2)
+    scale = sum(float(g.square().sum()) for g in target.grads.values())
+    assert rec.matching_loss <= 1e-2 * scale
+    assert rec.restarts_run == 1 and rec.iterations < 1000
+    # A plateau that is not near zero stops the restart but runs the next one.
+    (rec,) = reconstruct([target], labels, iterations=3000, tol=0.5, patience=10)
+    assert rec.restarts_run == 2 and rec.iterations < 300
+
+
+def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
+    assert DISTANCES.names() == ["cosine", "l2"]
+    target = make_target(model, speech_like(1, 5), torch.tensor([0]))
+    y = torch.tensor([0])
+    plain = reconstruct_plain(target, y, iterations=5, restarts=1, distance="cosine")
+    (fast,) = reconstruct([target], [y], iterations=5, restarts=1, distance="cosine")
+    assert 0.0 <= fast.matching_loss <= 2.0 and 0.0 <= plain.matching_loss <= 2.0
+    with pytest.raises(ConfigError, match="unknown gradient distance 'l1'; known: cosine, l2"):
+        reconstruct([target], [y], distance="l1")
+    with pytest.raises(ConfigError, match="expected \\(1,\\)"):
+        reconstruct([target], [torch.tensor([0, 1])])
