@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from fedspeech.training.local import compute_gradient, local_batches, train_loca
 from tests.conftest import FSDD, needs_fsdd
 
 # Small inputs keep each optimisation step cheap; the architecture is the study's.
-SHAPE = (12, 12)
+SHAPE = (8, 8)
 KWARGS = {"num_classes": 10, "input_shape": list(SHAPE)}
 
 
@@ -37,14 +38,14 @@ def speech_like(batch: int, seed: int) -> torch.Tensor:
 
 
 def fsdd_features() -> torch.Tensor:
-    """Real MFCCs of one FSDD clip, ``(1, 12, 12)``: low coefficients, centre frames."""
+    """Real MFCCs of one FSDD clip, ``(1, 8, 8)``: low coefficients, centre frames."""
     from fedspeech.data.audio import read_clips
     from fedspeech.frontends import build_frontend
 
     waves, _ = read_clips([FSDD / "recordings" / "3_jackson_0.wav"])
     assert waves[0] is not None
     mfcc = build_frontend("mfcc")(torch.from_numpy(np.stack([waves[0]])))
-    return mfcc[:, : SHAPE[0], 10 : 10 + SHAPE[1]].contiguous()
+    return mfcc[:, : SHAPE[0], 12 : 12 + SHAPE[1]].contiguous()
 
 
 def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackTarget:
@@ -60,6 +61,15 @@ def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Att
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b) ** 2).mean())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Steps this small are all overhead: a second thread only adds contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +136,8 @@ def test_target_from_update_capture(
     assert target.capture_id == "mine" and target.batch_size == samples
     for name, w in model.state_dict().items():
         torch.testing.assert_close(target.grads[name], (w - cap.shared[name]) / (lr * steps))
+    if settings["local_steps"]:
+        return  # the third step revisits clips: not an even average over them
     # With a small learning rate the estimate is close to the gradient over all clips.
     full = compute_gradient(model, torch.from_numpy(feats), torch.from_numpy(labels))
     est = torch.cat([target.grads[n].flatten() for n in full])
@@ -164,10 +176,10 @@ def test_plain_recovers_features(model: torch.nn.Module, source: str) -> None:
     x = speech_like(1, 3) if source == "synthetic" else fsdd_features()
     target = make_target(model, x, torch.tensor([3]))
     labels = recover_labels(target)
-    rec = reconstruct_plain(target, labels, iterations=150, restarts=1)
+    rec = reconstruct_plain(target, labels, iterations=300, restarts=1)
     start = initial_features((1, *SHAPE), seed=0, restart=0)
     assert rec.features.shape == (1, *SHAPE) and rec.labels.tolist() == [3]
-    assert (rec.iterations, rec.restarts_run) == (150, 1)
+    assert (rec.iterations, rec.restarts_run) == (300, 1)
     assert mse(rec.features, x) < 0.1 * mse(start, x)
 
 
