@@ -171,7 +171,9 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         ``num_examples``. For ``kind="update"`` the gradient is estimated as
         ``(w_global - w_shared) / (lr * steps)``, with ``steps = local_steps`` or, when that
         is 0, ``ceil(clips / batch_size) * local_epochs`` (momentum folded in by
-        :func:`effective_steps`).
+        :func:`effective_steps`; a FedProx proximal term, zero at the first step, is
+        ignored). ``batch_size`` is then the client's clip count (examples seen divided
+        by ``local_epochs``), or the examples seen when ``local_steps`` is set.
 
     Raises
     ------

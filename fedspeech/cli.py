@@ -73,7 +73,103 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--speakers", type=int, default=200)
     synth.add_argument("--takes", type=int, default=3)
     synth.add_argument("--seed", type=int, default=0)
+
+    _add_audit_parser(sub)
     return parser
+
+
+def _add_audit_parser(sub: Any) -> None:
+    """``fedspeech audit RUN_DIR``: the honest-but-curious server's attack, scored."""
+    aud = sub.add_parser(
+        "audit", help="attack a run's captures and score the speech leakage (RUN_DIR/audit)"
+    )
+    aud.add_argument("run_dir", metavar="RUN_DIR", help="run folder of fedspeech simulate")
+    aud.add_argument(
+        "--round",
+        dest="rounds",
+        type=int,
+        action="append",
+        metavar="R",
+        help="audit only round R (repeat for several)",
+    )
+    aud.add_argument(
+        "--client",
+        dest="clients",
+        type=int,
+        action="append",
+        metavar="C",
+        help="audit only client C (repeat for several)",
+    )
+    aud.add_argument("--max-samples", type=int, help="stop after N reconstructed samples")
+    aud.add_argument("--iterations", type=int, default=8000, help="stage-1 steps per restart")
+    aud.add_argument("--restarts", type=int, default=2, help="stage-1 restarts")
+    aud.add_argument("--lr", type=float, default=0.01, help="stage-1 Adam step size")
+    aud.add_argument("--distance", choices=["l2", "cosine"], default="l2", help="gradient distance")
+    aud.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
+    aud.add_argument(
+        "--griffin-lim-iters", type=int, default=32, help="stage-2 Griffin-Lim iterations"
+    )
+    aud.add_argument(
+        "--speaker-model",
+        choices=["resemblyzer", "ecapa"],
+        default="resemblyzer",
+        help="speaker encoder for re-identification",
+    )
+    aud.add_argument("--no-speaker", action="store_true", help="skip speaker re-identification")
+    aud.add_argument("--no-content", action="store_true", help="skip the content classifier")
+    aud.add_argument(
+        "--chunk",
+        type=int,
+        default=8,
+        help="captures reconstructed together in one batched optimisation",
+    )
+    aud.add_argument(
+        "--ray-address",
+        help="run stage 1 as Ray tasks on this cluster "
+        "('auto', HOST:PORT, or 'local' for a private one)",
+    )
+    aud.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    aud.add_argument("--seed", type=int, default=0, help="seed of starts, phases and scorers")
+    aud.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _run_audit(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from attacks.audit import AUDIT_DIR, AuditSettings, audit_run
+    from attacks.report import summary_table
+
+    settings = AuditSettings(
+        iterations=args.iterations,
+        restarts=args.restarts,
+        lr=args.lr,
+        tv_weight=args.tv_weight,
+        distance=args.distance,
+        griffin_lim_iters=args.griffin_lim_iters,
+        speaker_model=args.speaker_model,
+        speaker=not args.no_speaker,
+        content=not args.no_content,
+        rounds=args.rounds,
+        clients=args.clients,
+        max_samples=args.max_samples,
+        chunk=args.chunk,
+        seed=args.seed,
+        ray_address=args.ray_address,
+        threads=args.threads,
+    )
+    summary = audit_run(Path(args.run_dir), settings, progress=not args.quiet)
+    out = Path(args.run_dir) / AUDIT_DIR
+    print(f"audited {summary['captures']} captures, {summary['samples']} samples")
+    if summary["scored"]:
+        print(summary_table(summary))
+        if summary.get("speaker_eer") is not None:
+            print(
+                f"speaker verifier: EER {summary['speaker_eer']:.3f}, "
+                f"threshold {summary['speaker_threshold']:.3f}"
+            )
+    else:
+        print("no truth/ folder: reconstructions written, leakage not scored")
+    print(f"results in {out}: leakage.csv, summary.json, wav/, spectrograms/")
 
 
 def _sim_config(args: argparse.Namespace) -> SimConfig:
@@ -110,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
             )
             print(root)
+        elif args.command == "audit":
+            _run_audit(args)
     except FedspeechError as exc:
         print(f"fedspeech: error: {exc}", file=sys.stderr)
         return 2

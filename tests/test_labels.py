@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -31,6 +33,15 @@ def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Att
         batch_size=int(y.numel()),
         input_shape=(x.shape[-2], x.shape[-1]),
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Ops this small are all overhead: a second thread only adds contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

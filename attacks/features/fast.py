@@ -101,6 +101,7 @@ class _Tap:
         self.probes: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.out_shapes: dict[str, tuple[int, ...]] = {}
+        self.calls: dict[str, int] = dict.fromkeys(weights, 0)
         modules = dict(model.named_modules())
         for weight, module in weights.items():
             modules[module].register_forward_hook(self._hook(weight))
@@ -109,6 +110,7 @@ class _Tap:
         def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             self.inputs[weight] = args[0]
             self.out_shapes[weight] = tuple(out.shape)
+            self.calls[weight] += 1
             probe = self.probes.get(weight)
             return out if probe is None else out + probe
 
@@ -153,6 +155,9 @@ class _Group:
             with torch.no_grad():
                 probe_u = torch.zeros((batch, *targets[0].input_shape), device=self.device)
                 functional_call(model, {**targets[0].params, **buffers}, (probe_u,))
+            # A layer applied twice has two inputs: its gradient is not one outer product.
+            lin = {w: m for w, m in lin.items() if tap.calls[w] == 1}
+            direct = [n for n in names if n not in lin]
         probe_shapes = dict(tap.out_shapes)
 
         def matching(
@@ -225,7 +230,7 @@ def reconstruct(
     tv_weight: float = 1e-3,
     distance: str = "l2",
     tol: float = 1e-2,
-    patience: int = 200,
+    patience: int = 300,
     floor: float = 1e-7,
     skip_below: float = 1e-3,
     max_batch: int = 16,

@@ -167,13 +167,17 @@ def run_server(
         round_start = now
         return MetricRecord({"accuracy": acc, "loss": loss})
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.rounds,
-        train_config=train_config(cfg, data),
-        evaluate_fn=evaluate_fn,
-    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.rounds,
+            train_config=train_config(cfg, data),
+            evaluate_fn=evaluate_fn,
+        )
+    finally:
+        if isinstance(strategy, HonestButCuriousStrategy):
+            strategy.flush()
 
 
 def make_server_app(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,7 +78,12 @@ class HonestButCuriousStrategy(Strategy):
         self.on_round = on_round
         self.seed = seed
         self._global: ArrayRecord | None = None
+        self._global_torch: dict[str, Any] | None = None
         self._round_start = 0.0
+        # Captures are written by one background thread so that disk I/O overlaps the next
+        # round's training instead of delaying it; ``flush`` waits for them.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture")
+        self._pending: list[Future[Path]] = []
 
     # The protocol is the inner strategy's; only train replies are looked at.
     def configure_train(
@@ -86,6 +92,7 @@ class HonestButCuriousStrategy(Strategy):
         """Remember the global weights sent this round, then let ``inner`` sample."""
         self._round_start = time.perf_counter()
         self._global = arrays
+        self._global_torch = None
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -109,7 +116,7 @@ class HonestButCuriousStrategy(Strategy):
             if cid in chosen:
                 self._capture(server_round, cid, msg)
         if self.share == "gradient" and self._global is not None:
-            glob = self._global.to_torch_state_dict()
+            glob = self._global_state()
             for msg in ok:
                 grads = msg.content.array_records["arrays"].to_torch_state_dict()
                 msg.content["arrays"] = ArrayRecord(apply_gradient(glob, grads, self.lr))
@@ -118,6 +125,18 @@ class HonestButCuriousStrategy(Strategy):
             clients.sort(key=lambda c: c["client_id"])
             self.on_round(server_round, clients, time.perf_counter() - self._round_start)
         return result
+
+    def flush(self) -> None:
+        """Wait until every capture of the run is on disk (re-raising a failed write)."""
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
+
+    def _global_state(self) -> dict[str, Any]:
+        if self._global_torch is None:
+            assert self._global is not None
+            self._global_torch = self._global.to_torch_state_dict()
+        return self._global_torch
 
     def _choose(self, server_round: int, ids: list[int]) -> set[int]:
         if self.capture_count is None:
@@ -136,7 +155,7 @@ class HonestButCuriousStrategy(Strategy):
             server_round=server_round,
             client_id=client_id,
             num_examples=_int(metrics["num-examples"]),
-            global_weights=self._global.to_torch_state_dict(),
+            global_weights=self._global_state(),
             shared=msg.content.array_records["arrays"].to_torch_state_dict(),
             model=str(self.capture_meta["model"]),
             frontend=str(self.capture_meta["frontend"]),
@@ -145,7 +164,12 @@ class HonestButCuriousStrategy(Strategy):
             training=dict(self.capture_meta.get("training", {})),
         )
         name = capture_name(server_round, client_id)
-        save_capture(cap, self.run_dir / "captures" / f"{name}.safetensors")
+        self._pending = [f for f in self._pending if not f.done() or f.exception()]
+        self._pending.append(
+            self._writer.submit(
+                save_capture, cap, self.run_dir / "captures" / f"{name}.safetensors"
+            )
+        )
         if self.truth_writer is not None:
             self.truth_writer(server_round, client_id, self.run_dir / "truth" / f"{name}.json")
 

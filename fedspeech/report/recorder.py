@@ -64,6 +64,16 @@ class RunRecorder:
         )
         self.save()
 
+    def add_leakage(self, server_round: int, leakage: dict[str, float]) -> None:
+        """Attach audit results (metric -> mean over the round's captures) to a round."""
+        for entry in self.rounds:
+            if entry["round"] == server_round:
+                entry["leakage"] = leakage
+                shown = "  ".join(f"{k} {v:.3f}" for k, v in leakage.items())
+                self._say(f"round {server_round} leakage: {shown}")
+                self.save()
+                return
+
     def as_dict(self) -> dict[str, Any]:
         """The ``metrics.json`` document."""
         final = None
@@ -94,7 +104,19 @@ class RunRecorder:
             xs = [0, *xs]
             acc = [self.initial["accuracy"], *acc]
             loss = [self.initial["loss"], *loss]
-        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+        leaky = [r for r in self.rounds if r.get("leakage")]
+        if leaky:
+            fig, (ax, ax3) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=120)
+            for key in ("pesq_nb", "stoi", "label_accuracy", "speaker_reid_rate"):
+                pts = [(r["round"], r["leakage"][key]) for r in leaky if key in r["leakage"]]
+                if pts:
+                    ax3.plot(*zip(*pts, strict=True), marker="o", label=key)
+            ax3.set_xlabel("round")
+            ax3.set_title("leakage of the captured updates")
+            ax3.grid(alpha=0.3)
+            ax3.legend(fontsize=8)
+        else:
+            fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
         ax.plot(xs, acc, marker="o", color="tab:blue", label="test accuracy")
         ax.set_xlabel("round")
         ax.set_ylabel("accuracy", color="tab:blue")

@@ -1,0 +1,336 @@
+"""Files and text the privacy audit writes: CSV, JSON, WAVs, figures and a summary table.
+
+Every file goes through :mod:`fedspeech.fileio` (temporary file, then rename), so a reader,
+or a resumed audit, never sees half a result. Figures are drawn on
+:class:`matplotlib.figure.Figure` objects with the Agg canvas, without pyplot's global
+state, so the audit works headless and leaves no figures open.
+
+Examples
+--------
+>>> clean_json({"a": float("nan"), "b": [1.0, float("inf")]})
+{'a': None, 'b': [1.0, None]}
+>>> format_value(0.123456), format_value(float("nan")), format_value(True)
+('0.1235', '', '1')
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedspeech.fileio import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "FF_PREFIX",
+    "GRADIENT_COLUMNS",
+    "ID_COLUMNS",
+    "LEAKAGE_COLUMNS",
+    "SUMMARY_METRICS",
+    "clean_json",
+    "format_value",
+    "leakage_by_round_plot",
+    "log_mel",
+    "spectrogram_figure",
+    "summary_plot",
+    "summary_table",
+    "write_csv",
+    "write_json",
+    "write_wav",
+]
+
+# Who and what each row of leakage.csv is about, then the attack's own numbers.
+ID_COLUMNS: tuple[str, ...] = (
+    "capture",
+    "round",
+    "client",
+    "index",
+    "clip_id",
+    "speaker",
+    "label",
+    "label_recovered",
+    "matching_loss",
+    "iterations",
+)
+# Scores of the waveform recovered from the gradient; "ff_" + these (where they apply) are
+# the scores of the waveform recovered from the true features (the stage-2 ceiling).
+GRADIENT_COLUMNS: tuple[str, ...] = (
+    "label_correct",
+    "f_mse",
+    "w_mse",
+    "pesq_nb",
+    "pesq_wb",
+    "stoi",
+    "speaker_cosine",
+    "speaker_reidentified",
+    "content_predicted",
+    "content_correct",
+)
+FF_PREFIX = "ff_"
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "w_mse",
+    "pesq_nb",
+    "pesq_wb",
+    "stoi",
+    "speaker_cosine",
+    "speaker_reidentified",
+    "content_predicted",
+    "content_correct",
+)
+LEAKAGE_COLUMNS: tuple[str, ...] = (
+    ID_COLUMNS + GRADIENT_COLUMNS + tuple(FF_PREFIX + c for c in FEATURE_COLUMNS)
+)
+
+# summary.json metric -> (row column it averages, applies to "from features").
+SUMMARY_METRICS: dict[str, tuple[str, bool]] = {
+    "f_mse": ("f_mse", False),
+    "w_mse": ("w_mse", True),
+    "pesq_nb": ("pesq_nb", True),
+    "pesq_wb": ("pesq_wb", True),
+    "stoi": ("stoi", True),
+    "label_accuracy": ("label_correct", False),
+    "speaker_reid_rate": ("speaker_reidentified", True),
+    "content_rate": ("content_correct", True),
+}
+
+_LABELS = {
+    "f_mse": "F-MSE",
+    "w_mse": "W-MSE",
+    "pesq_nb": "PESQ-NB",
+    "pesq_wb": "PESQ-WB",
+    "stoi": "STOI",
+    "label_accuracy": "label accuracy",
+    "speaker_reid_rate": "speaker re-id rate",
+    "content_rate": "content rate",
+}
+
+
+def clean_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (strict JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return clean_json(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as indented strict JSON (NaN -> null), atomically."""
+    atomic_write_text(path, json.dumps(clean_json(obj), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def format_value(value: Any) -> str:
+    """One CSV cell: floats to 4 significant digits, booleans as 1/0, missing as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "1" if value else "0"
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return str(value)
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """Write ``rows`` under the header ``columns`` (keys not in it are left out), atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_value(row.get(c)) for c in columns])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def write_wav(path: Path, wave: np.ndarray, sr: int = 16_000, *, peak: float | None = None) -> Path:
+    """Write a mono 16-bit PCM WAV, atomically.
+
+    Parameters
+    ----------
+    wave : np.ndarray
+        ``(samples,)`` float waveform.
+    peak : float or None
+        Scale to this peak first (for reconstructions, whose level is arbitrary); None
+        writes the samples as they are, clipped to [-1, 1].
+    """
+    import soundfile as sf
+
+    x = np.nan_to_num(np.asarray(wave, dtype=np.float64).ravel())
+    top = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak is not None and top > 1e-9:
+        x = x * (peak / top)
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1.0, 1.0).astype(np.float32), sr, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def log_mel(wave: np.ndarray, sr: int = 16_000, n_mels: int = 64) -> np.ndarray:
+    """Log-Mel power ``(n_mels, frames)`` in dB of a waveform, for display.
+
+    Finer than the models' 32 x 32 input (64 bands, 10 ms hop) so that the images show what
+    a listener hears; 80 dB below the peak is the floor.
+    """
+    import librosa
+
+    x = np.nan_to_num(np.asarray(wave, dtype=np.float32).ravel())
+    mel = librosa.feature.melspectrogram(
+        y=x, sr=sr, n_fft=512, hop_length=sr // 100, n_mels=n_mels, power=2.0
+    )
+    return np.asarray(librosa.power_to_db(mel, ref=np.max, top_db=80.0), dtype=np.float64)
+
+
+def _save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def spectrogram_figure(
+    path: Path,
+    panels: Sequence[tuple[str, np.ndarray | None]],
+    *,
+    sr: int = 16_000,
+    title: str = "",
+) -> Path:
+    """Side-by-side log-Mel images of waveforms (original | from gradients | from features).
+
+    Parameters
+    ----------
+    panels : sequence of (title, waveform or None)
+        One image per entry; None entries are skipped (e.g. no original without truth).
+    """
+    from matplotlib.figure import Figure
+
+    shown = [(name, log_mel(w, sr)) for name, w in panels if w is not None]
+    fig = Figure(figsize=(3.2 * max(len(shown), 1) + 0.6, 3.2), layout="constrained")
+    axes = fig.subplots(1, max(len(shown), 1), squeeze=False)[0]
+    image = None
+    for ax, (name, spec) in zip(axes, shown, strict=False):
+        seconds = spec.shape[1] / 100.0
+        image = ax.imshow(
+            spec,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-80.0,
+            vmax=0.0,
+            extent=(0.0, seconds, 0, spec.shape[0]),
+        )
+        ax.set_title(name)
+        ax.set_xlabel("time (s)")
+    axes[0].set_ylabel("Mel band")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="dB")
+    if title:
+        fig.suptitle(title)
+    return _save_figure(fig, path)
+
+
+def summary_plot(path: Path, summary: Mapping[str, Any]) -> Path:
+    """Bars of the main metrics, from gradients vs from features (mean +- std)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    grad = summary.get("from_gradients", {})
+    feat = summary.get("from_features", {})
+    names = [m for m in SUMMARY_METRICS if m != "f_mse" and _mean(grad.get(m)) is not None]
+    fig = Figure(figsize=(1.9 * max(len(names), 1) + 0.5, 3.4), layout="constrained")
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
+    sources = [(grad, "tab:red", "from gradients"), (feat, "tab:blue", "from true features")]
+    for ax, name in zip(axes, names, strict=False):
+        for x, (src, colour, label) in enumerate(sources):
+            mean = _mean(src.get(name))
+            if mean is None:
+                ax.text(x, 0.0, "n/a", ha="center", va="bottom", fontsize="small")
+                continue
+            std = float(src[name].get("std") or 0.0)
+            ax.bar(x, mean, yerr=std, color=colour, label=label, capsize=3)
+            ax.text(x, mean, f"{mean:.2g}", ha="center", va="bottom", fontsize="small")
+        ax.set_xticks([0, 1], ["grad.", "feat."])
+        ax.set_title(_LABELS.get(name, name), fontsize="medium")
+    handles = [Rectangle((0, 0), 1, 1, color=colour, label=label) for _, colour, label in sources]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle("leakage: waveform recovered from the gradient vs from the true features")
+    return _save_figure(fig, path)
+
+
+def _mean(stats: Any) -> float | None:
+    if not isinstance(stats, Mapping):
+        return None
+    m = stats.get("mean")
+    return None if m is None or not math.isfinite(float(m)) else float(m)
+
+
+def _nanmean(values: Iterable[Any]) -> float:
+    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def leakage_by_round_plot(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Mean leakage per federated round (from gradients), one panel per metric."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = sorted({int(r["round"]) for r in rows})
+    metrics = [
+        (m, col)
+        for m, (col, _) in SUMMARY_METRICS.items()
+        if any(r.get(col) is not None and not _isnan(r.get(col)) for r in rows)
+    ]
+    fig = Figure(figsize=(2.6 * max(len(metrics), 1) + 1, 3.0), layout="constrained")
+    axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
+    for ax, (name, col) in zip(axes, metrics, strict=False):
+        means = [_nanmean(r.get(col) for r in rows if int(r["round"]) == k) for k in rounds]
+        ax.plot(rounds, means, marker="o", color="tab:red")
+        ax.set_title(_LABELS.get(name, name))
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if name == "f_mse":
+            ax.set_yscale("log")
+    fig.suptitle("leakage from gradients by round")
+    return _save_figure(fig, path)
+
+
+def _isnan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """The summary as a small text table: metric, from gradients, from features."""
+    grad = summary.get("from_gradients", {})
+    feat = summary.get("from_features", {})
+    lines = [f"{'metric':<20} {'from gradients':>22} {'from features':>22}"]
+    for name in SUMMARY_METRICS:
+        if name not in grad and name not in feat:
+            continue
+        lines.append(f"{_LABELS[name]:<20} {_cell(grad.get(name)):>22} {_cell(feat.get(name)):>22}")
+    return "\n".join(lines)
+
+
+def _cell(stats: Any) -> str:
+    mean = _mean(stats)
+    if mean is None:
+        return "-"
+    assert isinstance(stats, Mapping)
+    std = stats.get("std")
+    return f"{mean:.3g} ± {float(std or 0.0):.2g} (n={int(stats.get('n', 0))})"
