@@ -452,6 +452,7 @@ class _Scorer:
         note: Callable[[str], None],
     ) -> None:
         from fedspeech.config import SimConfig
+        from fedspeech.frontends import build_frontend
         from fedspeech.prepare import peak_normalize, resolve_corpus
 
         self.run_dir = run_dir
@@ -482,9 +483,9 @@ class _Scorer:
         self.labels = np.asarray(corpus.labels, dtype=np.int64)
         self.clip_ids = list(corpus.clip_ids)
         self.speakers = [str(s) for s in corpus.speakers]
-        self.train = np.array([i for i, s in enumerate(corpus.split) if s == "train"])
-        from fedspeech.frontends import build_frontend
-
+        self.train = np.array(
+            [i for i, s in enumerate(corpus.split) if s == "train"], dtype=np.int64
+        )
         self.frontend_name = frontend
         self.frontend_kwargs = dict(frontend_kwargs)
         self.frontend = build_frontend(frontend, **self.frontend_kwargs)
@@ -671,6 +672,7 @@ def _score_capture_quietly(
     out: Path,
     scorer: _Scorer | None,
 ) -> list[dict[str, Any]]:
+    """:func:`_score_capture` without the warnings filter."""
     from attacks.scoring import score_sample
     from attacks.waveform import features_to_wave
     from fedspeech.frontends import build_frontend
