@@ -75,7 +75,8 @@ def test_registry() -> None:
     assert {"f_mse", "w_mse", "pesq_nb", "pesq_wb", "stoi", "speaker_cosine"} <= set(
         METRICS.names()
     )
-    assert SPEAKER_MODELS.names() == ["ecapa", "resemblyzer"]
+    # Other tests may register stand-in encoders; the shipped ones must be there.
+    assert {"ecapa", "resemblyzer"} <= set(SPEAKER_MODELS.names())
 
 
 def test_mse_hand_cases() -> None:
