@@ -20,6 +20,7 @@ from attacks.features.objective import (
     total_variation,
 )
 from attacks.target import AttackTarget
+from fedspeech.errors import ConfigError
 
 __all__ = ["reconstruct_plain"]
 
@@ -61,6 +62,11 @@ def reconstruct_plain(
     Reconstruction
         Final iterate of the best restart; ``iterations`` counts all restarts.
     """
+    if iterations < 1 or restarts < 1:
+        raise ConfigError("iterations and restarts must be >= 1")
+    if tuple(labels.shape) != (target.batch_size,):
+        shape = tuple(labels.shape)
+        raise ConfigError(f"labels have shape {shape}, expected ({target.batch_size},)")
     dist = DISTANCES.get(distance).direct
     start = time.perf_counter()
     model = target.model
