@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,17 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_dir(tmp: Path, root: Path, already_complete: Callable[[], bool]) -> None:
+    """Rename a fully built folder ``tmp`` to ``root``.
+
+    If another process published the same build first (the rename fails and
+    ``already_complete()`` is true), its copy is kept and ``tmp`` is removed.
+    """
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not already_complete():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -49,6 +49,7 @@ from fedspeech.data.audio import read_clip, resample
 from fedspeech.data.corpus import CLIP_SAMPLES, SAMPLE_RATE, SPLITS
 from fedspeech.data.spoof_attacks import SPOOF_ATTACKS, apply_attack
 from fedspeech.errors import ConfigError, DataError
+from fedspeech.fileio import publish_dir
 
 # Bump whenever the audio or the layout changes, so stale caches are not reused.
 FORMAT_VERSION = 1
@@ -560,13 +561,8 @@ def build_spoof_corpus(
             raise DataError(f"no usable bona fide audio under {source}")
         (tmp / PROTOCOL).write_text("".join(lines))
         (tmp / ".complete").write_text(json.dumps(params, sort_keys=True) + "\n")
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            # Lost a race with another builder of the same corpus: theirs is as good as ours.
-            if not _is_complete(root, params):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Another builder of the same corpus may win the race: theirs is as good as ours.
+        publish_dir(tmp, root, lambda: _is_complete(root, params))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -49,6 +49,7 @@ from fedspeech.data.espeak import (
     voice_name,
 )
 from fedspeech.errors import ConfigError, DataError
+from fedspeech.fileio import publish_dir
 
 # Bump whenever the audio or the layout changes, so stale caches are not reused.
 FORMAT_VERSION = 1
@@ -414,13 +415,8 @@ def synthesize_corpus(
             pool.join()
         _write_metadata(tmp, speakers, split, words, takes)
         (tmp / ".complete").write_text(json.dumps(params, sort_keys=True) + "\n")
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            # Lost a race with another builder of the same corpus: theirs is as good as ours.
-            if not _is_complete(root, params):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Another builder of the same corpus may win the race: theirs is as good as ours.
+        publish_dir(tmp, root, lambda: _is_complete(root, params))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
