@@ -91,10 +91,11 @@ def load_dataset(name: str, root: Path | str | None, **kw: Any) -> KeywordCorpus
     loader = DATASETS.get(name)
     if root is None:
         raise DataError(f"no data root given for dataset {name!r}")
-    return loader(_check_root(root), **kw)
+    return loader(check_root(root), **kw)
 
 
-def _check_root(root: Path | str) -> Path:
+def check_root(root: Path | str) -> Path:
+    """``root`` as a Path, or a DataError if it is missing or not a folder."""
     path = Path(root).expanduser()
     if not path.exists():
         raise DataError(f"data root {path} does not exist")
@@ -208,7 +209,7 @@ def load_speech_commands(
         Clip ids are ``word/file.wav``; speakers are the part of the file name before
         ``_nohash_`` (the whole stem if it has none).
     """
-    root = _check_root(root)
+    root = check_root(root)
     folders = {
         d.name: d
         for d in root.iterdir()
@@ -295,7 +296,7 @@ def load_fsdd(
         form of ``root`` was given; takes 0-4 are ``"test"``, the rest ``"train"``.
         WAV files not named ``<digit>_<speaker>_<take>.wav`` are ignored.
     """
-    root = _check_root(root)
+    root = check_root(root)
     rec = root / "recordings" if (root / "recordings").is_dir() else root
     wanted = _word_list(words, FSDD_CLASSES)
     if wanted is None:

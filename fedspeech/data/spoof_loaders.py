@@ -48,6 +48,7 @@ import numpy as np
 
 from fedspeech.data.audio import read_clip, resample
 from fedspeech.data.corpus import SAMPLE_RATE, SPLITS
+from fedspeech.data.loaders import check_root
 from fedspeech.data.spoof import (
     AASIST_SAMPLES,
     BONAFIDE,
@@ -125,16 +126,7 @@ def load_spoof_dataset(name: str, root: Path | str | None, **kw: Any) -> SpoofCo
     loader = SPOOF_DATASETS.get(name)
     if root is None:
         raise DataError(f"no data root given for spoof dataset {name!r}")
-    return loader(_check_root(root), **kw)
-
-
-def _check_root(root: Path | str) -> Path:
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise DataError(f"data root {path} does not exist")
-    if not path.is_dir():
-        raise DataError(f"data root {path} is not a directory")
-    return path
+    return loader(check_root(root), **kw)
 
 
 def _check_args(num_samples: int, splits: Sequence[str] | None) -> set[str]:
@@ -261,7 +253,7 @@ def load_builtin(
         Clips in ``protocol.txt`` order; clip ids ``bonafide/<speaker>/<utt>.wav`` and
         ``spoof/<attack>/<speaker>/<utt>.wav``.
     """
-    root = _check_root(root)
+    root = check_root(root)
     wanted = _check_args(num_samples, splits)
     items: list[_Item] = []
     for speaker, utt, attack, label, split in read_protocol(root):
@@ -321,7 +313,7 @@ def load_asvspoof2019_la(
     SpoofCorpus
         Attack ids ``A01``-``A19`` as in the protocols; clip ids relative to ``root``.
     """
-    root = _check_root(root)
+    root = check_root(root)
     wanted = _check_args(num_samples, splits)
     base = root / "LA" if not (root / "ASVspoof2019_LA_cm_protocols").is_dir() else root
     protocols = base / "ASVspoof2019_LA_cm_protocols"
@@ -357,7 +349,7 @@ def load_asvspoof2019_la(
 def _load_asvspoof2021(
     root: Path, track: str, num_samples: int, progress: bool, splits: Sequence[str] | None
 ) -> SpoofCorpus:
-    root = _check_root(root)
+    root = check_root(root)
     wanted = _check_args(num_samples, splits)
     what = f"ASVspoof 2021 {track}"
     candidates = [
@@ -434,7 +426,7 @@ def load_in_the_wild(
     num_samples, progress, splits
         As for :func:`load_asvspoof2019_la`.
     """
-    root = _check_root(root)
+    root = check_root(root)
     wanted = _check_args(num_samples, splits)
     base = root if (root / "meta.csv").is_file() else root / "release_in_the_wild"
     meta = base / "meta.csv"
@@ -481,7 +473,7 @@ def load_fake_or_real(
     num_samples, progress, splits
         As for :func:`load_asvspoof2019_la`.
     """
-    root = _check_root(root)
+    root = check_root(root)
     wanted = _check_args(num_samples, splits)
     present = [(d, s) for d, s in _FOR_SPLITS if (root / d).is_dir()]
     if not present:
