@@ -70,7 +70,6 @@ def resolve_corpus(cfg: SimConfig) -> KeywordCorpus:
     """Load the configured dataset, building the built-in corpus if needed."""
     from fedspeech.data.loaders import load_dataset
 
-    DATASETS.get(cfg.dataset)
     root: Path | None = Path(cfg.data_root) if cfg.data_root else None
     if cfg.dataset == "synth" and root is None:
         from fedspeech.data.synth import synthesize_corpus
@@ -124,7 +123,7 @@ def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
 
     # Unknown names fail here, before any data is read or Ray starts.
     MODELS.get(cfg.model)
-    build_frontend(cfg.frontend)
+    frontend = build_frontend(cfg.frontend)
     PARTITIONS.get(cfg.partition)
     DATASETS.get(cfg.dataset)
     run_dir = Path(run_dir or cfg.out or default_run_dir())
@@ -142,7 +141,6 @@ def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
     )
     if cfg.normalize == "peak":
         corpus.waveforms = peak_normalize(corpus.waveforms)
-    frontend = build_frontend(cfg.frontend)
     feats = compute_features(corpus.waveforms, frontend)
 
     data = run_dir / "data"

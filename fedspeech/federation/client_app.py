@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedspeech.models import build_model
 from fedspeech.prepare import open_features, open_partition
-from fedspeech.training import compute_gradient, local_batches, train_local
+from fedspeech.training import gradient_and_loss, local_batches, train_local
 
 app = ClientApp()
 
@@ -53,9 +53,8 @@ def train(msg: Message, context: Context) -> Message:
         batch = batches[0]
         x = torch.from_numpy(np.ascontiguousarray(feats[batch]))
         y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
-        arrays = ArrayRecord(compute_gradient(model, x, y))
-        with torch.no_grad():
-            loss = float(torch.nn.functional.cross_entropy(model(x), y))
+        grads, loss = gradient_and_loss(model, x, y)
+        arrays = ArrayRecord(grads)
         num_examples = len(batch)
     else:
         res = train_local(

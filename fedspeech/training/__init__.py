@@ -5,6 +5,7 @@ from fedspeech.training.local import (
     apply_gradient,
     compute_gradient,
     evaluate,
+    gradient_and_loss,
     local_batches,
     train_local,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "apply_gradient",
     "compute_gradient",
     "evaluate",
+    "gradient_and_loss",
     "local_batches",
     "train_local",
 ]

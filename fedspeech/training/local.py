@@ -134,12 +134,19 @@ def compute_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
     y : torch.Tensor
         ``(B,)`` int64 labels.
     """
+    return gradient_and_loss(model, x, y)[0]
+
+
+def gradient_and_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], float]:
+    """:func:`compute_gradient` and the loss it was taken of, from one forward pass."""
     model.train()
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     names = [n for n, _ in model.named_parameters()]
     grads = torch.autograd.grad(loss, [p for _, p in model.named_parameters()])
-    return {n: g.detach() for n, g in zip(names, grads, strict=True)}
+    return {n: g.detach() for n, g in zip(names, grads, strict=True)}, float(loss.detach())
 
 
 def apply_gradient(
