@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +28,28 @@ pytestmark = pytest.mark.slow
 TINY = ["--synth-speakers", "12", "--synth-takes", "1", "--clients", "3", "--fraction", "1"]
 
 
-def ray_processes() -> int:
-    out = subprocess.run(["pgrep", "-fc", "raylet"], capture_output=True, text=True)
-    return int(out.stdout.strip() or 0)
+def processes_with_marker(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (inherited from our child)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker.encode() in fh.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def simulate(tmp: Path, cache: Path, *args: str) -> Path:
     run_dir = tmp / "run"
-    env = {**os.environ, "FEDSPEECH_CACHE": str(cache)}
-    before = ray_processes()
+    # Every process the run starts (Ray's too) inherits this marker, so leftovers are
+    # found without counting other people's Ray processes on the machine.
+    marker = f"FEDSPEECH_TEST_RUN={uuid.uuid4().hex}"
+    key, value = marker.split("=")
+    env = {**os.environ, "FEDSPEECH_CACHE": str(cache), key: value}
     proc = subprocess.run(
         [sys.executable, "-m", "fedspeech", "simulate", *TINY, "--out", str(run_dir), *args],
         capture_output=True,
@@ -43,7 +58,8 @@ def simulate(tmp: Path, cache: Path, *args: str) -> Path:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ray_processes() <= before, "simulate left Ray processes behind"
+    time.sleep(1)  # let exiting children finish
+    assert not processes_with_marker(marker), "simulate left processes behind"
     return run_dir
 
 
