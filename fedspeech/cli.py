@@ -23,13 +23,18 @@ class _Parser(argparse.ArgumentParser):
 
 # flag, type, help; every flag is a SimConfig key, so TOML files can set it too.
 _SIM_FLAGS: list[tuple[str, Any, str]] = [
-    ("--task", str, "task: kws (keyword spotting)"),
-    ("--dataset", str, "dataset name: synth (built-in), speech_commands, fsdd"),
+    ("--task", str, "task: kws (keyword spotting) or sdd (speech-deepfake detection)"),
+    (
+        "--dataset",
+        str,
+        "kws: synth (built-in), speech_commands, fsdd; sdd: builtin, asvspoof2019_la, "
+        "asvspoof2021_df, asvspoof2021_la, in_the_wild, fake_or_real",
+    ),
     ("--data-root", str, "dataset folder (built-in corpus: built and cached if omitted)"),
     ("--words", str, "comma-separated words, or 'all' (Speech Commands)"),
     ("--normalize", str, "per-clip gain before the front-end: peak or none"),
     ("--frontend", str, "front-end: mel or mfcc"),
-    ("--model", str, "model name (kws-cnn)"),
+    ("--model", str, "model name (kws: kws-cnn; sdd: aasist-xs, aasist-l, aasist)"),
     ("--activation", str, "model activation: relu, sigmoid, tanh"),
     ("--clients", int, "number of simulated clients"),
     ("--fraction", float, "fraction of clients sampled per round, in (0, 1]"),
@@ -52,6 +57,14 @@ _SIM_FLAGS: list[tuple[str, Any, str]] = [
     ("--cpus-per-client", float, "Ray CPUs reserved per client"),
     ("--synth-speakers", int, "speakers in the built-in corpus"),
     ("--synth-takes", int, "takes per word and speaker in the built-in corpus"),
+    ("--augment", str, "sdd: augmentation of the second path, rawboost:N (N = 1-8)"),
+    ("--alignment", str, "sdd: none, pcgrad, gradvac, cagrad, upgrad, or roga"),
+    ("--optimizer", str, "sdd: local optimizer, adam or sgd"),
+    ("--clip-samples", int, "sdd: clip length in samples at 16 kHz"),
+    ("--test-clips", int, "sdd: test clips scored each round (fixed random subset; 0 = all)"),
+    ("--bonafide-root", str, "sdd: build the built-in spoof corpus from this speech folder"),
+    ("--roga-rho", float, "sdd: RoGA ascent radius"),
+    ("--roga-alpha", float, "sdd: RoGA alignment weight"),
 ]
 
 

@@ -2,6 +2,11 @@
 
 Precedence, lowest first: field defaults, ``--config FILE`` (TOML), command-line flags.
 Keys may be written with hyphens or underscores (``capture-clients`` = ``capture_clients``).
+
+Two tasks share the keys: ``kws`` (keyword spotting, the default) and ``sdd`` (speech-deepfake
+detection). The keys in :data:`TASK_DEFAULTS` take their default from the task unless they were
+set explicitly; keys that only one task reads (:data:`KWS_ONLY`, :data:`SDD_ONLY`) are an error
+when set for the other task.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +22,51 @@ from fedspeech.errors import ConfigError
 
 SHARE_MODES = ("update", "gradient")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-TASKS = ("kws",)
+TASKS = ("kws", "sdd")
 NORMALIZE = ("peak", "none")
+# ``--alignment``: the aligners of fedspeech.training.aligners, plus RoGA.
+ROGA = "roga"
+
+# Keys whose default depends on the task (applied unless the key was set explicitly).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "kws": {
+        "dataset": "synth",
+        "model": "kws-cnn",
+        "lr": 0.1,
+        "batch_size": 16,
+        "rounds": 30,
+        "local_steps": 0,
+    },
+    # Sized so that ``fedspeech simulate --task sdd --clients 50`` finishes in well under
+    # 15 minutes on two shared CPU cores (see README, "Speech-deepfake detection").
+    "sdd": {
+        "dataset": "builtin",
+        "model": "aasist-xs",
+        "lr": 3e-3,
+        "batch_size": 16,
+        "rounds": 12,
+        "local_steps": 4,
+    },
+}
+# Keys only keyword spotting reads, and keys only speech-deepfake detection reads.
+KWS_ONLY = (
+    "words",
+    "normalize",
+    "frontend",
+    "activation",
+    "synth_speakers",
+    "synth_takes",
+)
+SDD_ONLY = (
+    "augment",
+    "alignment",
+    "optimizer",
+    "clip_samples",
+    "test_clips",
+    "bonafide_root",
+    "roga_rho",
+    "roga_alpha",
+)
 
 
 @dataclass
@@ -54,13 +102,23 @@ class SimConfig:
     cpus_per_client: float = 1.0
     synth_speakers: int = 200
     synth_takes: int = 3
+    augment: str = "rawboost:4"
+    alignment: str = "pcgrad"
+    optimizer: str = "adam"
+    clip_samples: int = 16000
+    test_clips: int = 400
+    bonafide_root: str | None = None
+    roga_rho: float = 0.1
+    roga_alpha: float = 2e-4
     progress: bool = True
+    # Keys set explicitly (by a file, flags or a mapping); not a setting itself.
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
     @classmethod
     def keys(cls) -> list[str]:
         """Names of the settable keys (underscore form)."""
-        return [f.name for f in dataclasses.fields(cls)]
+        return [f.name for f in dataclasses.fields(cls) if f.name != "explicit"]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> SimConfig:
@@ -69,7 +127,7 @@ class SimConfig:
 
     def updated(self, values: Mapping[str, Any], source: str = "config") -> SimConfig:
         """A copy with ``values`` applied on top (``None`` values are ignored)."""
-        known = {f.name: f for f in dataclasses.fields(self)}
+        known = {f.name: f for f in dataclasses.fields(self) if f.name != "explicit"}
         changes: dict[str, Any] = {}
         for raw_key, value in values.items():
             key = raw_key.replace("-", "_")
@@ -79,7 +137,12 @@ class SimConfig:
             if value is None:
                 continue
             changes[key] = _coerce(key, value, known[key], source)
-        new = dataclasses.replace(self, **changes)
+        explicit = self.explicit | {k for k in changes if k != "progress"}
+        task = changes.get("task", self.task)
+        for key, default in TASK_DEFAULTS.get(task, {}).items():
+            if key not in explicit:
+                changes[key] = default
+        new = dataclasses.replace(self, explicit=frozenset(explicit), **changes)
         new.validate()
         return new
 
@@ -105,6 +168,7 @@ class SimConfig:
             raise ConfigError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        self._validate_task_keys()
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.local_epochs < 0 or self.local_steps < 0:
@@ -122,6 +186,48 @@ class SimConfig:
                 f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}"
             )
         self.capture_count()  # validates the spelling
+        if self.task == "sdd":
+            self._validate_sdd()
+
+    def _validate_task_keys(self) -> None:
+        """Keys that only the other task reads must not be set."""
+        other = SDD_ONLY if self.task == "kws" else KWS_ONLY
+        misused = [k.replace("_", "-") for k in other if k in self.explicit]
+        if misused:
+            flags = ", ".join(f"--{k}" for k in misused)
+            raise ConfigError(f"{flags} cannot be used with --task {self.task}")
+
+    def _validate_sdd(self) -> None:
+        """Values only speech-deepfake detection reads (names behind their registries)."""
+        from fedspeech.augment import build_augmentation
+        from fedspeech.training.aligners import ALIGNERS
+        from fedspeech.training.dual_path import OPTIMIZERS
+
+        if self.share != "update":
+            raise ConfigError("--task sdd trains locally and shares updates; use --share update")
+        if self.strategy == "fedprox":
+            raise ConfigError(
+                "--strategy fedprox is not available with --task sdd (the dual-path "
+                "step has no proximal term); use fedavg or fedadam"
+            )
+        aug = build_augmentation(self.augment)
+        if aug.domain != "wave":
+            raise ConfigError(
+                f"--augment {self.augment!r} works on spectral features; --task sdd "
+                "models take raw waveforms (use rawboost:N)"
+            )
+        known = [*ALIGNERS.names(), ROGA]
+        if self.alignment not in known:
+            raise ConfigError(
+                f"unknown alignment {self.alignment!r}; known: {', '.join(sorted(known))}"
+            )
+        OPTIMIZERS.get(self.optimizer)
+        if self.clip_samples < 1:
+            raise ConfigError(f"--clip-samples must be positive, got {self.clip_samples}")
+        if self.test_clips < 0:
+            raise ConfigError(f"--test-clips must not be negative, got {self.test_clips}")
+        if self.roga_rho < 0 or self.roga_alpha < 0:
+            raise ConfigError("--roga-rho and --roga-alpha must not be negative")
 
     def capture_count(self) -> int | None:
         """Clients captured per round: ``None`` means all."""
@@ -146,7 +252,10 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the settable keys (hyphenated, ``None`` values dropped)."""
         out: dict[str, Any] = {}
+        skip = SDD_ONLY if self.task == "kws" else KWS_ONLY
         for key in self.keys():
+            if key in skip:
+                continue
             value = getattr(self, key)
             if value is not None:
                 out[key.replace("_", "-")] = value
@@ -180,7 +289,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, fld: dataclasses.Field[Any], source: str) -> Any:
-    kind = str(fld.type)
+    kind = str(fld.type).removesuffix(" | None")
     flag = key.replace("_", "-")
     try:
         if kind == "int":
@@ -199,7 +308,7 @@ def _coerce(key: str, value: Any, fld: dataclasses.Field[Any], source: str) -> A
             if str(value).lower() in ("0", "false", "no"):
                 return False
             raise ValueError
-        if kind in ("str", "str | None"):
+        if kind == "str":
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)

@@ -9,7 +9,7 @@ number of clients.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -39,14 +39,20 @@ class RunData:
         Files under ``run_dir/data``.
     classes : list[str]
         Class names in label order.
-    input_shape : tuple[int, int]
-        ``(n_features, n_frames)`` of one example.
+    input_shape : tuple[int, ...]
+        ``(n_features, n_frames)`` of one example (``kws``), or ``(samples,)`` of one raw
+        waveform (``sdd``, where ``features.npy`` holds the clips themselves).
     test_indices : np.ndarray
         Corpus positions the global model is evaluated on each round.
     partitions : list[np.ndarray]
         Per-client corpus positions (client id = list index).
     corpus_meta : dict
-        ``clip_ids``, ``speakers``, ``split`` lists, for ground truth.
+        ``clip_ids``, ``speakers``, ``split`` lists (``sdd``: also ``attacks``), for ground
+        truth.
+    eval_sets : dict[str, np.ndarray]
+        ``sdd`` only: metric name (``eer``, ``eer_unseen``) → positions into
+        ``test_indices`` of the clips it is computed on (seen, respectively held-out attacks,
+        each with every bona fide test clip).
     """
 
     run_dir: Path
@@ -55,10 +61,11 @@ class RunData:
     partition_path: Path
     index_path: Path
     classes: list[str]
-    input_shape: tuple[int, int]
+    input_shape: tuple[int, ...]
     test_indices: np.ndarray
     partitions: list[np.ndarray]
     corpus_meta: dict[str, list[str]]
+    eval_sets: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def default_run_dir() -> Path:
@@ -121,6 +128,10 @@ def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
     """
     from fedspeech.data.partition import PARTITIONS, partition
 
+    if cfg.task == "sdd":
+        from fedspeech.prepare_sdd import prepare_sdd_run
+
+        return prepare_sdd_run(cfg, run_dir)
     # Unknown names fail here, before any data is read or Ray starts.
     MODELS.get(cfg.model)
     frontend = build_frontend(cfg.frontend)

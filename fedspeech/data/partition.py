@@ -16,22 +16,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
-from fedspeech.data.corpus import KeywordCorpus
 from fedspeech.errors import ConfigError
 from fedspeech.registry import Registry
 
-PartitionFn = Callable[
-    [KeywordCorpus, np.ndarray, int, float, np.random.Generator], list[np.ndarray]
-]
+
+class Clips(Protocol):
+    """What partitioning reads of a corpus (a ``KeywordCorpus`` or a ``SpoofCorpus``)."""
+
+    labels: np.ndarray
+    speakers: list[str]
+
+    def __len__(self) -> int: ...
+
+
+PartitionFn = Callable[[Clips, np.ndarray, int, float, np.random.Generator], list[np.ndarray]]
 
 PARTITIONS: Registry[PartitionFn] = Registry("partition")
 
 
 def partition(
-    corpus: KeywordCorpus,
+    corpus: Clips,
     indices: np.ndarray,
     n_clients: int,
     scheme: str = "speaker",
@@ -42,8 +50,8 @@ def partition(
 
     Parameters
     ----------
-    corpus : KeywordCorpus
-        Source of labels and speakers.
+    corpus : Clips
+        Source of labels and speakers (a ``KeywordCorpus`` or ``SpoofCorpus``).
     indices : np.ndarray
         Distinct corpus positions to share out, usually ``corpus.indices("train")``.
     n_clients : int
@@ -84,7 +92,7 @@ def partition(
 
 @PARTITIONS.register("speaker")
 def _by_speaker(
-    corpus: KeywordCorpus, idx: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
+    corpus: Clips, idx: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
 ) -> list[np.ndarray]:
     speakers = np.array([corpus.speakers[i] for i in idx], dtype=object)
     # Sorted first so the result depends on the seed only, not on the order of ``indices``.
@@ -102,14 +110,14 @@ def _by_speaker(
 
 @PARTITIONS.register("iid")
 def _iid(
-    corpus: KeywordCorpus, idx: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
+    corpus: Clips, idx: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
 ) -> list[np.ndarray]:
     return list(np.array_split(rng.permutation(np.sort(idx)), n_clients))
 
 
 @PARTITIONS.register("dirichlet")
 def _dirichlet(
-    corpus: KeywordCorpus, idx: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
+    corpus: Clips, idx: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
 ) -> list[np.ndarray]:
     if not (math.isfinite(alpha) and alpha > 0):
         raise ConfigError(f"dirichlet alpha must be a positive number, got {alpha!r}")

@@ -49,7 +49,27 @@ def train(msg: Message, context: Context) -> Message:
         epochs=int(_get(cfg, "local-epochs")),
         steps=1 if share == "gradient" else int(_get(cfg, "local-steps")),
     )
-    if share == "gradient":
+    extra: dict[str, float] = {}
+    if str(_get(cfg, "task", "kws")) == "sdd":
+        from fedspeech.training.sdd import train_sdd
+
+        sdd = train_sdd(
+            model,
+            feats,
+            labels,
+            batches,
+            augment=str(_get(cfg, "augment")),
+            alignment=str(_get(cfg, "alignment")),
+            lr=float(_get(cfg, "lr")),
+            optimizer=str(_get(cfg, "optimizer")),
+            seed=(int(_get(cfg, "seed")), int(_get(cfg, "server-round")), client_id),
+            roga_rho=float(_get(cfg, "roga-rho")),
+            roga_alpha=float(_get(cfg, "roga-alpha")),
+        )
+        arrays = ArrayRecord(model.state_dict())
+        num_examples, loss = sdd.num_examples, sdd.loss
+        extra = {"conflict-rate": sdd.conflict_rate}
+    elif share == "gradient":
         batch = batches[0]
         x = torch.from_numpy(np.ascontiguousarray(feats[batch]))
         y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
@@ -72,7 +92,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             "arrays": arrays,
-            "metrics": MetricRecord({"num-examples": num_examples, "train-loss": loss}),
+            "metrics": MetricRecord({"num-examples": num_examples, "train-loss": loss, **extra}),
             "client": ConfigRecord({"client-id": client_id}),
         }
     )

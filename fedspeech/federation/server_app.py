@@ -27,9 +27,14 @@ from fedspeech.prepare import RunData, open_features, prepare_run
 from fedspeech.report import RunRecorder
 from fedspeech.training import evaluate, local_batches
 
+# The ``frontend`` recorded in captures of raw-waveform models.
+WAVEFORM = "waveform"
+
 
 def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:
     """Keyword arguments that rebuild the run's model (stored in every capture)."""
+    if cfg.task == "sdd":
+        return {"num_classes": len(data.classes), "num_samples": int(data.input_shape[-1])}
     return {
         "num_classes": len(data.classes),
         "input_shape": list(data.input_shape),
@@ -69,8 +74,43 @@ def train_config(cfg: SimConfig, data: RunData) -> ConfigRecord:
             "local-epochs": cfg.local_epochs,
             "local-steps": cfg.local_steps,
             "seed": cfg.seed,
+            "task": cfg.task,
+            **(_sdd_train_config(cfg) if cfg.task == "sdd" else {}),
         }
     )
+
+
+def _sdd_train_config(cfg: SimConfig) -> dict[str, Any]:
+    """What an sdd client needs besides the keyword-spotting keys."""
+    return {
+        "augment": cfg.augment,
+        "alignment": cfg.alignment,
+        "optimizer": cfg.optimizer,
+        "roga-rho": cfg.roga_rho,
+        "roga-alpha": cfg.roga_alpha,
+    }
+
+
+def training_meta(cfg: SimConfig) -> dict[str, Any]:
+    """Local-training settings stored in every capture."""
+    meta: dict[str, Any] = {
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "batch_size": cfg.batch_size,
+        "local_epochs": cfg.local_epochs,
+        "local_steps": 1 if cfg.share == "gradient" else cfg.local_steps,
+        "strategy": cfg.strategy,
+    }
+    if cfg.task == "sdd":
+        meta.update(
+            task="sdd",
+            augment=cfg.augment,
+            alignment=cfg.alignment,
+            optimizer=cfg.optimizer,
+            roga_rho=cfg.roga_rho,
+            roga_alpha=cfg.roga_alpha,
+        )
+    return meta
 
 
 def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
@@ -82,6 +122,7 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
     labels = np.load(data.labels_path, allow_pickle=False)
     clip_ids = data.corpus_meta["clip_ids"]
     speakers = data.corpus_meta["speakers"]
+    attacks = data.corpus_meta.get("attacks")
 
     def write(server_round: int, client_id: int, path: Path) -> None:
         batches = local_batches(
@@ -104,6 +145,7 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
                     "clip_ids": [clip_ids[i] for i in b],
                     "labels": [int(labels[i]) for i in b],
                     "speakers": [speakers[i] for i in b],
+                    **({"attacks": [attacks[i] for i in b]} if attacks is not None else {}),
                 }
                 for b in batches
             ],
@@ -139,16 +181,10 @@ def run_server(
         capture_meta={
             "model": cfg.model,
             "model_kwargs": kwargs,
-            "frontend": cfg.frontend,
+            # sdd models take the waveform itself: no front-end outside the model.
+            "frontend": WAVEFORM if cfg.task == "sdd" else cfg.frontend,
             "frontend_kwargs": {},
-            "training": {
-                "lr": cfg.lr,
-                "momentum": cfg.momentum,
-                "batch_size": cfg.batch_size,
-                "local_epochs": cfg.local_epochs,
-                "local_steps": 1 if cfg.share == "gradient" else cfg.local_steps,
-                "strategy": cfg.strategy,
-            },
+            "training": training_meta(cfg),
         },
         truth_writer=make_truth_writer(cfg, data),
         on_round=recorder.client_round,
@@ -162,10 +198,16 @@ def run_server(
         nonlocal round_start
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = evaluate(model, test_x, test_y)
+        extra: dict[str, float] = {}
+        if cfg.task == "sdd":
+            from fedspeech.training.sdd import score_clips, sdd_scores
+
+            extra = sdd_scores(score_clips(model, test_x), test_y, data.eval_sets)
         now = time.perf_counter()
-        recorder.evaluated(server_round, acc, loss, now - round_start)
+        recorder.evaluated(server_round, acc, loss, now - round_start, extra=extra)
         round_start = now
-        return MetricRecord({"accuracy": acc, "loss": loss})
+        finite = {k: v for k, v in extra.items() if v == v}  # NaN: undefined, not sent
+        return MetricRecord({"accuracy": acc, "loss": loss, **finite})
 
     try:
         strategy.start(
@@ -205,3 +247,4 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(data.run_dir, cfg.rounds)
     run_server(grid, cfg, data, recorder)
     recorder.plot()
+    recorder.plot_eer()

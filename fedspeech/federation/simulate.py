@@ -73,12 +73,16 @@ def simulate(
     )
     recorder.save()
     recorder.plot()
+    recorder.plot_eer()
     if cfg.progress:
         print(recorder.summary_table(), file=stream)
         final = recorder.as_dict()["final"]
         if final is not None:
+            scores = "".join(
+                f", {k} {final[k]:.3f}" for k in ("eer", "eer_unseen") if final.get(k) is not None
+            )
             print(
-                f"final accuracy {final['accuracy']:.3f}, loss {final['loss']:.3f}; "
+                f"final accuracy {final['accuracy']:.3f}, loss {final['loss']:.3f}{scores}; "
                 f"total {time.perf_counter() - t0:.1f} s; results in {run_dir}",
                 file=stream,
                 flush=True,

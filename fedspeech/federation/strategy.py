@@ -112,6 +112,8 @@ class HonestButCuriousStrategy(Strategy):
                 "train_loss": float(cast(float, metrics["train-loss"])),
                 "captured": cid in chosen,
             }
+            if "conflict-rate" in metrics:  # sdd clients: fraction of conflicting steps
+                info["conflict_rate"] = float(cast(float, metrics["conflict-rate"]))
             clients.append(info)
             if cid in chosen:
                 self._capture(server_round, cid, msg)

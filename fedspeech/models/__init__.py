@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from fedspeech.models.aasist import AASIST, AASISTL
+from fedspeech.models.aasist import AASIST, AASISTL, AASISTXS
 from fedspeech.models.kws_cnn import KeywordCNN
 from fedspeech.registry import Registry
 
@@ -22,6 +22,7 @@ MODELS: Registry[Any] = Registry("model")
 MODELS.register("kws-cnn")(KeywordCNN)
 MODELS.register("aasist")(AASIST)
 MODELS.register("aasist-l")(AASISTL)
+MODELS.register("aasist-xs")(AASISTXS)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -1,12 +1,17 @@
 """Per-round record of a run, saved as plain files after every round.
 
 ``metrics.json`` is rewritten atomically after each round, so an interrupted run still
-leaves a readable record of the rounds it finished.
+leaves a readable record of the rounds it finished. Speech-deepfake-detection runs add
+``eer``, ``eer_unseen`` (the global model's EER on seen and on held-out attacks; ``null``
+where undefined) and ``conflict_rate`` (the mean over the round's clients of their fraction
+of local steps whose clean and augmented gradients conflict) to every round, ``eer`` and
+``eer_unseen`` to ``initial`` and ``final``, and plot them in ``eer.png``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +37,7 @@ class RunRecorder:
         self.rounds_planned = rounds
         self.stream = stream
         self.rounds: list[dict[str, Any]] = []
-        self.initial: dict[str, float] | None = None
+        self.initial: dict[str, float | None] | None = None
         self._pending: dict[int, dict[str, Any]] = {}
 
     def client_round(
@@ -41,25 +46,45 @@ class RunRecorder:
         """Per-client results of a round's training, before evaluation."""
         self._pending[server_round] = {"clients": clients, "train_seconds": seconds}
 
-    def evaluated(self, server_round: int, accuracy: float, loss: float, seconds: float) -> None:
-        """The global model's test accuracy and loss after ``server_round`` (0 = initial)."""
+    def evaluated(
+        self,
+        server_round: int,
+        accuracy: float,
+        loss: float,
+        seconds: float,
+        extra: dict[str, float] | None = None,
+    ) -> None:
+        """The global model's test metrics after ``server_round`` (0 = initial).
+
+        ``extra`` holds further metrics of the global model (``eer``, ``eer_unseen``); NaN
+        (undefined) is recorded as ``null``.
+        """
+        scores = {k: (None if math.isnan(v) else v) for k, v in (extra or {}).items()}
+        shown = "".join(f"  {k} {_fmt(v)}" for k, v in scores.items())
         if server_round == 0:
-            self.initial = {"accuracy": accuracy, "loss": loss}
-            self._say(f"round 0/{self.rounds_planned}  accuracy {accuracy:.3f}  loss {loss:.3f}")
+            self.initial = {"accuracy": accuracy, "loss": loss, **scores}
+            self._say(
+                f"round 0/{self.rounds_planned}  accuracy {accuracy:.3f}  loss {loss:.3f}{shown}"
+            )
             return
         pending = self._pending.pop(server_round, {"clients": [], "train_seconds": 0.0})
         entry: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
-            "seconds": round(seconds, 3),
-            "clients": pending["clients"],
+            **scores,
         }
+        rates = [c["conflict_rate"] for c in pending["clients"] if "conflict_rate" in c]
+        if rates:
+            entry["conflict_rate"] = sum(rates) / len(rates)
+            shown += f"  conflict_rate {entry['conflict_rate']:.3f}"
+        entry["seconds"] = round(seconds, 3)
+        entry["clients"] = pending["clients"]
         self.rounds.append(entry)
         captured = sum(1 for c in pending["clients"] if c.get("captured"))
         self._say(
             f"round {server_round}/{self.rounds_planned}  accuracy {accuracy:.3f}  "
-            f"loss {loss:.3f}  clients {len(pending['clients'])}  captured {captured}  "
+            f"loss {loss:.3f}{shown}  clients {len(pending['clients'])}  captured {captured}  "
             f"{seconds:.1f} s"
         )
         self.save()
@@ -80,6 +105,7 @@ class RunRecorder:
         if self.rounds:
             last = self.rounds[-1]
             final = {"accuracy": last["accuracy"], "loss": last["loss"]}
+            final.update({k: last[k] for k in ("eer", "eer_unseen") if k in last})
         return {"initial": self.initial, "rounds": self.rounds, "final": final}
 
     def save(self) -> None:
@@ -134,16 +160,67 @@ class RunRecorder:
         atomic_write_bytes(path, buf.getvalue())
         return path
 
+    def plot_eer(self) -> Path | None:
+        """Write ``eer.png`` (EER on seen and unseen attacks, conflict rate per round).
+
+        ``None`` when the rounds carry no EER (keyword spotting).
+        """
+        if not any("eer" in r for r in self.rounds):
+            return None
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows: list[dict[str, Any]] = list(self.rounds)
+        if self.initial is not None and "eer" in self.initial:
+            rows = [{"round": 0, **self.initial}, *rows]
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+        styles = (("eer", "seen attacks", "o"), ("eer_unseen", "unseen attacks", "s"))
+        for key, label, marker in styles:
+            pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker=marker, label=f"EER, {label}")
+        pts = [(r["round"], r["conflict_rate"]) for r in rows if "conflict_rate" in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), ls="--", marker=".", label="conflict rate")
+        ax.set_xlabel("round")
+        ax.set_ylabel("fraction")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"Global model, {self.run_dir.name}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        path = self.run_dir / "eer.png"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
     def summary_table(self) -> str:
         """Plain-text table of the rounds, for the terminal."""
-        lines = [f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'clients':>7}  {'seconds':>7}"]
+        sdd = any("eer" in r for r in self.rounds)
+        head = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}"
+        if sdd:
+            head += f"  {'eer':>6}  {'unseen':>6}  {'conflict':>8}"
+        lines = [f"{head}  {'clients':>7}  {'seconds':>7}"]
         for r in self.rounds:
-            lines.append(
-                f"{r['round']:>5}  {r['accuracy']:>8.3f}  {r['loss']:>7.3f}  "
-                f"{len(r['clients']):>7}  {r['seconds']:>7.1f}"
-            )
+            line = f"{r['round']:>5}  {r['accuracy']:>8.3f}  {r['loss']:>7.3f}"
+            if sdd:
+                line += (
+                    f"  {_fmt(r.get('eer')):>6}  {_fmt(r.get('eer_unseen')):>6}  "
+                    f"{_fmt(r.get('conflict_rate')):>8}"
+                )
+            lines.append(f"{line}  {len(r['clients']):>7}  {r['seconds']:>7.1f}")
         return "\n".join(lines)
 
     def _say(self, text: str) -> None:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,204 @@
+"""Prepare a speech-deepfake-detection run (``--task sdd``): clips, partition, scoring sets.
+
+The run's ``data/features.npy`` holds the raw waveforms themselves, ``(N, clip_samples)``
+float32, of the training clips and of the scored test clips only (the rest of the corpus is
+not copied); ``labels.npy`` holds 1 = bona fide, 0 = spoof; ``index.json`` adds each clip's
+attack id and the two scoring subsets.
+
+Data
+----
+* ``--dataset builtin`` (default): the built-in corpus of
+  :func:`fedspeech.data.spoof.build_spoof_corpus` (bona fide eSpeak NG keyword clips and their
+  re-syntheses by Griffin-Lim, Mel inversion and a codec, seen in training, and by an LPC
+  vocoder, held out for test speakers), built on first use with its default parameters
+  (``--bonafide-root DIR``: from real speech instead), or read from ``--data-root``. Its clips
+  are 1 s long and the words sit near the middle, so a shorter ``--clip-samples`` keeps the
+  centre of each clip.
+* ``asvspoof2019_la``, ``asvspoof2021_df``, ``asvspoof2021_la``, ``in_the_wild``,
+  ``fake_or_real`` with ``--data-root`` (:mod:`fedspeech.data.spoof_loaders`): clips are
+  fitted to ``--clip-samples`` as AASIST does (cropped from the start, or repeated).
+
+Scoring: every bona fide test clip with the spoofs of attacks seen in training (``eer``), and
+with those of held-out attacks (``eer_unseen``). ``--test-clips N`` scores a fixed random
+subset of ``N`` test clips, the same whatever ``--seed``, so runs with different seeds are
+scored on the same clips.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedspeech.config import SimConfig
+from fedspeech.data.corpus import SAMPLE_RATE
+from fedspeech.data.spoof import BUILTIN_SAMPLES, SpoofCorpus
+from fedspeech.data.spoof_loaders import SPOOF_DATASETS, load_spoof_dataset
+from fedspeech.errors import ConfigError, DataError
+from fedspeech.fileio import atomic_save_npy, atomic_write_text
+from fedspeech.models import MODELS, build_model
+from fedspeech.prepare import RunData, default_run_dir
+
+CLASSES = ["spoof", "bonafide"]
+# The scored subset of the test split does not depend on --seed (see the module docstring).
+EVAL_SUBSET_SEED = 0
+
+
+def sdd_model_kwargs(clip_samples: int) -> dict[str, int]:
+    """Keyword arguments that rebuild an sdd model: two classes, the clip length."""
+    return {"num_classes": 2, "num_samples": clip_samples}
+
+
+def center_crop(waveforms: np.ndarray, num_samples: int) -> np.ndarray:
+    """The middle ``num_samples`` of every clip ``(N, L)`` → ``(N, num_samples)``.
+
+    Examples
+    --------
+    >>> center_crop(np.arange(10.0)[None], 4).tolist()
+    [[3.0, 4.0, 5.0, 6.0]]
+    """
+    length = waveforms.shape[1]
+    if num_samples >= length:
+        return waveforms
+    start = (length - num_samples) // 2
+    return waveforms[:, start : start + num_samples]
+
+
+def load_sdd_corpus(cfg: SimConfig) -> SpoofCorpus:
+    """The configured spoof corpus with clips of ``cfg.clip_samples`` samples."""
+    if cfg.bonafide_root and cfg.dataset != "builtin":
+        raise ConfigError(
+            "--bonafide-root builds the built-in corpus; use it with --dataset builtin"
+        )
+    if cfg.bonafide_root and cfg.data_root:
+        raise ConfigError(
+            "give either --data-root (a built corpus) or --bonafide-root (speech to build from)"
+        )
+    root: Path | None = Path(cfg.data_root) if cfg.data_root else None
+    if cfg.dataset == "builtin":
+        if root is None:
+            from fedspeech.data.spoof import build_spoof_corpus
+
+            bona = Path(cfg.bonafide_root) if cfg.bonafide_root else None
+            root = build_spoof_corpus(bona, progress=cfg.progress)
+        # Built-in clips are 1 s with the word near the middle: keep the centre.
+        length = max(cfg.clip_samples, BUILTIN_SAMPLES)
+        corpus = load_spoof_dataset(cfg.dataset, root, num_samples=length, progress=cfg.progress)
+        corpus.waveforms = np.ascontiguousarray(center_crop(corpus.waveforms, cfg.clip_samples))
+        return corpus
+    if root is None:
+        raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root")
+    return load_spoof_dataset(
+        cfg.dataset, root, num_samples=cfg.clip_samples, progress=cfg.progress
+    )
+
+
+def eval_subsets(
+    corpus: SpoofCorpus, split: str, max_clips: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Scored clips of ``split`` and the two scoring subsets.
+
+    Parameters
+    ----------
+    corpus : SpoofCorpus
+        The loaded corpus.
+    split : str
+        ``"test"`` (or ``"validation"`` when a dataset has no test split).
+    max_clips : int
+        Score at most this many clips (a random subset drawn with a fixed seed); 0 = all.
+
+    Returns
+    -------
+    positions : np.ndarray
+        ``(n,)`` corpus positions of the scored clips, ascending.
+    subsets : dict[str, np.ndarray]
+        ``eer`` and ``eer_unseen`` → positions into ``positions``.
+    """
+    seen, unseen = corpus.seen_unseen(split)
+    scored = np.union1d(seen, unseen)
+    if 0 < max_clips < len(scored):
+        rng = np.random.default_rng(EVAL_SUBSET_SEED)
+        scored = np.sort(rng.choice(scored, size=max_clips, replace=False))
+    where = {int(p): k for k, p in enumerate(scored)}
+    subsets = {
+        name: np.array([where[int(i)] for i in idx if int(i) in where], dtype=np.int64)
+        for name, idx in (("eer", seen), ("eer_unseen", unseen))
+    }
+    return scored.astype(np.int64), subsets
+
+
+def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
+    """Load the spoof corpus, partition clients by speaker, and write ``run_dir/data``.
+
+    Returns
+    -------
+    RunData
+        As for keyword spotting; ``input_shape`` is ``(clip_samples,)``, ``classes``
+        ``["spoof", "bonafide"]``, and ``eval_sets`` holds the scoring subsets.
+
+    Raises
+    ------
+    ConfigError, DataError
+        Unknown names, clips too short for the model, missing data, impossible partitions.
+    """
+    from fedspeech.data.partition import PARTITIONS, partition
+
+    # Unknown names and too-short clips fail here, before any data is read or Ray starts.
+    MODELS.get(cfg.model)
+    SPOOF_DATASETS.get(cfg.dataset)
+    PARTITIONS.get(cfg.partition)
+    build_model(cfg.model, **sdd_model_kwargs(cfg.clip_samples))
+    run_dir = Path(run_dir or cfg.out or default_run_dir())
+    corpus = load_sdd_corpus(cfg)
+    train_idx = corpus.indices("train")
+    split = "test" if len(corpus.indices("test")) else "validation"
+    if len(train_idx) == 0:
+        raise DataError(f"dataset {cfg.dataset!r} has no training clips")
+    if len(corpus.indices(split)) == 0:
+        raise DataError(f"dataset {cfg.dataset!r} has no test or validation clips")
+    if len(set(corpus.labels[train_idx].tolist())) < 2:
+        raise DataError(f"the training split of {cfg.dataset!r} lacks bona fide or spoof clips")
+    scored, subsets = eval_subsets(corpus, split, cfg.test_clips)
+    parts = partition(
+        corpus, train_idx, cfg.clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
+    )
+
+    # Keep only what the run reads: training clips, then the scored clips.
+    keep = np.concatenate([train_idx, scored])
+    new_pos = {int(old): new for new, old in enumerate(keep)}
+    parts = [np.array([new_pos[int(i)] for i in p], dtype=np.int64) for p in parts]
+    test_indices = np.arange(len(train_idx), len(keep), dtype=np.int64)
+    rows = [int(i) for i in keep]
+
+    data = run_dir / "data"
+    atomic_save_npy(data / "features.npy", corpus.waveforms[keep].astype(np.float32))
+    atomic_save_npy(data / "labels.npy", corpus.labels[keep].astype(np.int64))
+    part_json = {"clients": [p.tolist() for p in parts], "scheme": cfg.partition}
+    atomic_write_text(data / "partition.json", json.dumps(part_json))
+    meta = {
+        "classes": CLASSES,
+        "clip_ids": [corpus.clip_ids[i] for i in rows],
+        "speakers": [corpus.speakers[i] for i in rows],
+        "split": [corpus.split[i] for i in rows],
+        "attacks": [corpus.attacks[i] for i in rows],
+    }
+    index = {
+        **meta,
+        "sample_rate": SAMPLE_RATE,
+        "eval": {name: idx.tolist() for name, idx in subsets.items()},
+    }
+    atomic_write_text(data / "index.json", json.dumps(index))
+    return RunData(
+        run_dir=run_dir,
+        features_path=data / "features.npy",
+        labels_path=data / "labels.npy",
+        partition_path=data / "partition.json",
+        index_path=data / "index.json",
+        classes=list(CLASSES),
+        input_shape=(cfg.clip_samples,),
+        test_indices=test_indices,
+        partitions=parts,
+        corpus_meta={k: v for k, v in meta.items() if k != "classes"},
+        eval_sets=subsets,
+    )

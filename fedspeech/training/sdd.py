@@ -1,0 +1,205 @@
+"""Local training and scoring of a speech-deepfake-detection client, in plain PyTorch.
+
+One entry point, :func:`train_sdd`, runs a client's local steps with the alignment method
+named by ``--alignment``:
+
+* ``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad``: dual-path data-augmented training
+  (DPDA; Truong et al., "Addressing Gradient Misalignment in Data-Augmented Training for
+  Robust Speech Deepfake Detection", arXiv:2509.20682): each batch is seen clean and
+  augmented, and the two gradients are combined by a torchjd aggregator
+  (:mod:`fedspeech.training.dual_path`);
+* ``roga``: RoGA (Qiu et al., ICME 2025, arXiv:2505.20653; :mod:`fedspeech.training.roga`)
+  with the two paths as its domains: the batch ``[x; augment(x)]`` with domain 0 for the clean
+  half and 1 for the augmented half, so RoGA's per-domain ascent and alignment act on exactly
+  the two gradients DPDA aligns, and its conflict statistic is the same cosine.
+
+Either way a step records ``cos(g_clean, g_aug)`` at the pre-step weights; the client reports
+the fraction of steps where it is negative (``conflict_rate``).
+
+:func:`score_clips` and :func:`sdd_scores` give the server's side: bona fide scores of the
+global model and the EER on seen and unseen attacks (:func:`fedspeech.metrics.sdd.eer`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fedspeech.augment import Augmentation, build_augmentation
+from fedspeech.config import ROGA
+from fedspeech.metrics.sdd import eer
+from fedspeech.training.dual_path import build_optimizer, train_dual_path, trainable_parameters
+from fedspeech.training.roga import RoGA
+
+
+@dataclass
+class SddResult:
+    """What a client's local training reports.
+
+    Attributes
+    ----------
+    num_examples : int
+        Clean examples seen (each is also seen augmented).
+    loss : float
+        Example-weighted mean of ``(loss_clean + loss_aug) / 2`` at the pre-step weights.
+    steps : int
+        Local steps.
+    conflict_rate : float
+        Fraction of steps with ``cos(g_clean, g_aug) < 0``, in [0, 1].
+    mean_cosine : float
+        Mean of that cosine over the steps (NaN without steps).
+    """
+
+    num_examples: int
+    loss: float
+    steps: int
+    conflict_rate: float
+    mean_cosine: float
+
+
+def augment_fn(aug: Augmentation, rng: np.random.Generator) -> Callable[[Tensor], Tensor]:
+    """``(B, T) → (B, T)``: ``aug`` applied to every row, drawing from ``rng``."""
+
+    def run(x: Tensor) -> Tensor:
+        return aug.batch(x, rng)
+
+    return run
+
+
+def train_sdd(
+    model: nn.Module,
+    waveforms: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    *,
+    augment: str | Augmentation,
+    alignment: str,
+    lr: float,
+    optimizer: str = "adam",
+    seed: int | Sequence[int] = 0,
+    roga_rho: float = 0.1,
+    roga_alpha: float = 2e-4,
+) -> SddResult:
+    """Run one client's local training over ``batches``, in place on ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Starts at the global weights; updated in place (put in train mode).
+    waveforms : np.ndarray
+        ``(N, T)`` float32 clips of the whole run (may be memory-mapped).
+    labels : np.ndarray
+        ``(N,)`` int64, 1 = bona fide, 0 = spoof.
+    batches : list[np.ndarray]
+        Corpus positions per step, from :func:`~fedspeech.training.local.local_batches`.
+    augment : str or Augmentation
+        The second path's augmentation, e.g. ``"rawboost:4"`` (waveform domain).
+    alignment : str
+        ``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad`` or ``roga``.
+    lr : float
+        Learning rate of the local optimizer (a fresh one each call).
+    optimizer : str
+        ``adam`` (as in Truong et al.) or ``sgd``.
+    seed : int or sequence of int
+        Seeds the augmentation's randomness (e.g. ``(seed, round, client)``).
+    roga_rho, roga_alpha : float
+        RoGA's ascent radius and alignment weight (``alignment="roga"`` only).
+
+    Returns
+    -------
+    SddResult
+        Loss, number of examples and steps, and the conflict statistics.
+    """
+    aug = build_augmentation(augment) if isinstance(augment, str) else augment
+    run_aug = augment_fn(aug, np.random.default_rng(seed))
+    if alignment != ROGA:
+        res = train_dual_path(
+            model,
+            waveforms,
+            labels,
+            batches,
+            augment=run_aug,
+            alignment=alignment,
+            lr=lr,
+            optimizer=optimizer,
+        )
+        return SddResult(
+            num_examples=res.num_examples,
+            loss=res.loss,
+            steps=res.steps,
+            conflict_rate=res.conflict_rate,
+            mean_cosine=res.mean_cosine,
+        )
+    opt = build_optimizer(optimizer, trainable_parameters(model), lr=lr)
+    roga = RoGA(model, opt, rho=roga_rho, alpha=roga_alpha, loss_fn=F.cross_entropy)
+    model.train()
+    total, seen, conflicts = 0.0, 0, 0
+    cosines: list[float] = []
+    for batch in batches:
+        x = torch.from_numpy(np.ascontiguousarray(waveforms[batch]))
+        y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
+        with torch.no_grad():
+            x_aug = run_aug(x)
+        paths = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
+        stats = roga.step(torch.cat([x, x_aug]), torch.cat([y, y]), paths)
+        total += stats.loss * len(batch)
+        seen += len(batch)
+        conflicts += stats.conflict
+        cosines.append(stats.cosine)
+    return SddResult(
+        num_examples=seen,
+        loss=total / max(seen, 1),
+        steps=len(batches),
+        conflict_rate=conflicts / len(batches) if batches else 0.0,
+        mean_cosine=float(np.mean(cosines)) if cosines else math.nan,
+    )
+
+
+@torch.no_grad()
+def score_clips(model: nn.Module, waveforms: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Bona fide scores ``(N,)`` of clips ``(N, T)``: ``logit[1] − logit[0]`` (eval mode).
+
+    Higher means more bona fide, the ASVspoof convention of :mod:`fedspeech.metrics.sdd`.
+    """
+    model.eval()
+    out = []
+    for start in range(0, len(waveforms), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size]))
+        logits = model(x)
+        out.append((logits[:, 1] - logits[:, 0]).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def sdd_scores(
+    scores: np.ndarray, labels: np.ndarray, subsets: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """EER of each evaluation subset (NaN for a subset without both classes).
+
+    Parameters
+    ----------
+    scores, labels : np.ndarray
+        ``(N,)`` bona fide scores and labels (1 = bona fide) of the scored clips.
+    subsets : dict[str, np.ndarray]
+        Name → positions into ``scores`` (e.g. ``eer`` → seen attacks, ``eer_unseen`` →
+        held-out attacks, each with all bona fide clips).
+
+    Returns
+    -------
+    dict[str, float]
+        Name → EER as a fraction in [0, 1], or NaN where it is undefined.
+    """
+    out: dict[str, float] = {}
+    for name, idx in subsets.items():
+        s, lab = scores[idx], labels[idx]
+        bona, spoof = s[lab == 1], s[lab == 0]
+        out[name] = eer(bona, spoof)[0] if len(bona) and len(spoof) else math.nan
+    return out
+
+
+__all__ = ["SddResult", "augment_fn", "score_clips", "sdd_scores", "train_sdd"]
