@@ -36,16 +36,18 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "rounds": 30,
         "local_steps": 0,
+        "fraction": 0.2,
     },
     # Sized so that ``fedspeech simulate --task sdd --clients 50`` finishes in well under
     # 15 minutes on two shared CPU cores (see README, "Speech-deepfake detection").
     "sdd": {
         "dataset": "builtin",
         "model": "aasist-xs",
+        "fraction": 0.1,
         "lr": 3e-3,
         "batch_size": 16,
         "rounds": 12,
-        "local_steps": 4,
+        "local_steps": 10,
     },
 }
 # Keys only keyword spotting reads, and keys only speech-deepfake detection reads.
@@ -105,7 +107,7 @@ class SimConfig:
     augment: str = "rawboost:4"
     alignment: str = "pcgrad"
     optimizer: str = "adam"
-    clip_samples: int = 16000
+    clip_samples: int = 4000
     test_clips: int = 400
     bonafide_root: str | None = None
     roga_rho: float = 0.1
@@ -270,7 +272,11 @@ class SimConfig:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into a flat mapping (``[simulate]`` table or top level)."""
+    """Read a TOML config file into a flat mapping (``[simulate]`` table or top level).
+
+    An ``[experiment]`` table beside ``[simulate]`` is left to experiment runners (such as
+    ``experiments/dpda.py``, which reads its grid of runs from it) and ignored here.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -279,7 +285,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
     if "simulate" in data and isinstance(data["simulate"], dict):
-        rest = {k: v for k, v in data.items() if k != "simulate"}
+        rest = {k: v for k, v in data.items() if k not in ("simulate", "experiment")}
         if rest:
             raise ConfigError(
                 f"config file {p}: keys outside [simulate]: {', '.join(sorted(rest))}"

@@ -1,0 +1,256 @@
+"""Speech-deepfake-detection task: configuration, the local training step, a tiny simulation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fedspeech.capture import load_capture, load_truth
+from fedspeech.config import KWS_ONLY, SDD_ONLY, TASK_DEFAULTS, SimConfig, read_toml
+from fedspeech.data.corpus import SAMPLE_RATE
+from fedspeech.data.spoof import SpoofCorpus, build_spoof_corpus
+from fedspeech.errors import ConfigError
+from fedspeech.models import build_model
+from fedspeech.prepare_sdd import eval_subsets
+from fedspeech.training.sdd import score_clips, sdd_scores, train_sdd
+from tests.test_cli_errors import assert_one_line_error, run_cli
+from tests.test_simulation import processes_with_marker
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_kws_field_defaults_are_the_kws_task_defaults() -> None:
+    cfg = SimConfig()
+    for key, value in TASK_DEFAULTS["kws"].items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_sdd_takes_its_task_defaults_unless_set() -> None:
+    cfg = SimConfig.from_mapping({"task": "sdd"})
+    for key, value in TASK_DEFAULTS["sdd"].items():
+        assert getattr(cfg, key) == value, key
+    cfg = SimConfig.from_mapping({"task": "sdd", "model": "aasist-l", "rounds": 3})
+    assert (cfg.model, cfg.rounds) == ("aasist-l", 3)
+    # A flag given before the task changes keeps its value (TOML file, then flags).
+    cfg = SimConfig.from_mapping({"lr": 0.5}).updated({"task": "sdd"})
+    assert cfg.lr == 0.5 and cfg.model == TASK_DEFAULTS["sdd"]["model"]
+
+
+@pytest.mark.parametrize("key", KWS_ONLY)
+def test_kws_only_key_rejected_for_sdd(key: str) -> None:
+    value: object = {"synth_speakers": 10, "synth_takes": 1}.get(key, "mel")
+    with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
+        SimConfig.from_mapping({"task": "sdd", key: value})
+
+
+@pytest.mark.parametrize("key", SDD_ONLY)
+def test_sdd_only_key_rejected_for_kws(key: str) -> None:
+    value: object = {"clip_samples": 8000, "test_clips": 10, "roga_rho": 0.1, "roga_alpha": 0.1}
+    with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
+        SimConfig.from_mapping({key: value.get(key, "x")})
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"alignment": "mgda"}, "unknown alignment 'mgda'; known: cagrad, gradvac, none"),
+        ({"augment": "rawboost:9"}, "bad augmentation spec 'rawboost:9'"),
+        ({"augment": "mixup"}, "unknown augmentation 'mixup'"),
+        ({"augment": "specaugment:8"}, "raw waveforms"),
+        ({"optimizer": "lion"}, "unknown optimizer 'lion'; known: adam, sgd"),
+        ({"share": "gradient"}, "--share update"),
+        ({"strategy": "fedprox"}, "fedprox is not available"),
+        ({"clip_samples": 0}, "--clip-samples must be positive"),
+        ({"test_clips": -1}, "--test-clips must not be negative"),
+        ({"roga_rho": -0.1}, "must not be negative"),
+    ],
+)
+def test_bad_sdd_values(values: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        SimConfig.from_mapping({"task": "sdd", **values})
+    assert needle in str(err.value)
+
+
+def test_sdd_toml_round_trips_and_kws_toml_has_no_sdd_keys(tmp_path: Path) -> None:
+    cfg = SimConfig.from_mapping({"task": "sdd", "alignment": "roga", "clients": 5})
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml())
+    back = SimConfig.from_mapping(read_toml(path))
+    assert back == cfg and back.alignment == "roga"
+    kws_keys = set(SimConfig().to_dict())
+    assert not kws_keys & {k.replace("_", "-") for k in SDD_ONLY}
+
+
+def test_cli_bad_alignment_is_one_line() -> None:
+    proc = run_cli("simulate", "--task", "sdd", "--alignment", "mgda")
+    assert_one_line_error(proc, "unknown alignment 'mgda'", "pcgrad", "roga")
+
+
+def test_cli_kws_flag_with_sdd_is_one_line() -> None:
+    proc = run_cli("simulate", "--task", "sdd", "--frontend", "mfcc")
+    assert_one_line_error(proc, "--frontend cannot be used with --task sdd")
+
+
+# --- training step, no Flower ------------------------------------------------------------------
+
+CLIP = 2400  # just above aasist-xs's shortest input (2251 samples)
+
+
+def _toy_data(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = np.arange(CLIP) / SAMPLE_RATE
+    waves = 0.05 * rng.standard_normal((n, CLIP))
+    labels = np.arange(n) % 2
+    # Bona fide clips carry a tone; spoofs do not.
+    waves[labels == 1] += 0.3 * np.sin(2 * np.pi * 440 * t)
+    return waves.astype(np.float32), labels.astype(np.int64)
+
+
+@pytest.mark.parametrize("alignment", ["none", "pcgrad", "roga"])
+def test_train_sdd_updates_and_is_reproducible(alignment: str) -> None:
+    torch.set_num_threads(1)
+    waves, labels = _toy_data()
+    batches = [np.arange(0, 6), np.arange(6, 12)]
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("aasist-xs", num_samples=CLIP)
+        before = [p.detach().clone() for p in model.parameters()]
+        res = train_sdd(
+            model,
+            waves,
+            labels,
+            batches,
+            augment="rawboost:3",
+            alignment=alignment,
+            lr=1e-3,
+            seed=(0, 1, 2),
+        )
+        assert res.steps == 2 and res.num_examples == 12
+        assert math.isfinite(res.loss) and -1.0 <= res.mean_cosine <= 1.0
+        assert res.conflict_rate in (0.0, 0.5, 1.0)
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value)
+
+
+def test_sdd_scores_hand_cases() -> None:
+    scores = np.array([2.0, 1.0, -1.0, 0.5, 3.0])
+    labels = np.array([1, 1, 0, 0, 1])
+    out = sdd_scores(scores, labels, {"sep": np.array([0, 1, 2, 3]), "bona": np.array([0, 4])})
+    assert out["sep"] == 0.0  # every bona fide scores above every spoof
+    assert math.isnan(out["bona"])  # no spoof: undefined
+    flipped = sdd_scores(-scores, labels, {"sep": np.array([0, 1, 2, 3])})
+    assert flipped["sep"] == 1.0
+
+
+def test_score_clips_is_logit_difference() -> None:
+    waves, _ = _toy_data(3)
+    model = build_model("aasist-xs", num_samples=CLIP).eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(waves))
+    np.testing.assert_allclose(
+        score_clips(model, waves, batch_size=2), (logits[:, 1] - logits[:, 0]).numpy(), rtol=1e-5
+    )
+
+
+def test_eval_subsets_split_seen_and_unseen() -> None:
+    attacks = ["bonafide", "gl", "lpc", "bonafide", "gl", "lpc", "gl"]
+    split = ["test"] * 6 + ["train"]
+    corpus = SpoofCorpus(
+        waveforms=np.zeros((7, 4), dtype=np.float32),
+        labels=np.array([1 if a == "bonafide" else 0 for a in attacks]),
+        attacks=attacks,
+        speakers=["s"] * 7,
+        clip_ids=[str(i) for i in range(7)],
+        split=split,
+    )
+    scored, subsets = eval_subsets(corpus, "test", 0)
+    assert scored.tolist() == [0, 1, 2, 3, 4, 5]
+    assert scored[subsets["eer"]].tolist() == [0, 1, 3, 4]
+    assert scored[subsets["eer_unseen"]].tolist() == [0, 2, 3, 5]
+    few, sub = eval_subsets(corpus, "test", 3)
+    assert len(few) == 3 and set(few[sub["eer"]]) | set(few[sub["eer_unseen"]]) == set(few)
+
+
+# --- a tiny federated run ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_spoof_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """6 speakers × 2 utterances of crude voiced sound, with the default attacks."""
+    bona = tmp_path_factory.mktemp("bona")
+    rng = np.random.default_rng(0)
+    t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
+    for s in range(6):
+        for u in range(2):
+            f0 = rng.uniform(90, 220)
+            x = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 10))
+            y = 0.2 * np.asarray(x) + 0.003 * rng.standard_normal(t.shape)
+            path = bona / f"spk{s}" / f"utt{u}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, y.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDSPEECH_CACHE", str(cache))
+        yield build_spoof_corpus(bona, progress=False, workers=1)
+
+
+@pytest.mark.slow
+def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
+    run = tmp_path / "run"
+    marker = f"FEDSPEECH_TEST_RUN={uuid.uuid4().hex}"
+    key, value = marker.split("=")
+    args = [
+        *("--task", "sdd", "--dataset", "builtin", "--data-root", str(tiny_spoof_root)),
+        *("--clients", "2", "--fraction", "1", "--rounds", "2", "--local-steps", "1"),
+        *("--batch-size", "4", "--clip-samples", "2400", "--test-clips", "0"),
+        *("--alignment", "pcgrad", "--augment", "rawboost:2", "--capture-clients", "1"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedspeech", "simulate", *args, "--out", str(run)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, key: value},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    time.sleep(1)
+    assert not processes_with_marker(marker), "simulate left processes behind"
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for r in metrics["rounds"]:
+        for k in ("eer", "eer_unseen", "conflict_rate"):
+            assert 0.0 <= r[k] <= 1.0, (k, r[k])
+        assert len(r["clients"]) == 2
+        mean = np.mean([c["conflict_rate"] for c in r["clients"]])
+        assert r["conflict_rate"] == pytest.approx(mean)
+    assert set(metrics["final"]) >= {"eer", "eer_unseen"}
+    assert metrics["final"]["eer"] == metrics["rounds"][-1]["eer"]
+    assert (run / "eer.png").stat().st_size > 1000
+    assert 'task = "sdd"' in (run / "config.toml").read_text()
+
+    caps = sorted((run / "captures").glob("*.safetensors"))
+    assert len(caps) == 2
+    cap = load_capture(caps[-1])
+    assert cap.kind == "update" and cap.frontend == "waveform"
+    assert cap.training["alignment"] == "pcgrad"
+    model = build_model(cap.model, **cap.model_kwargs)
+    model.load_state_dict(cap.shared)
+    truth = load_truth(run / "truth" / f"{caps[-1].stem}.json")
+    (batch,) = truth["batches"]
+    assert len(batch["attacks"]) == len(batch["labels"]) == 4
