@@ -14,11 +14,12 @@ script times, on the same model, batch and thread count:
 
 The augmented batch is made once, outside the timed region, so the ratios compare training
 steps; the augmentation's own time per batch is printed on its own line. Each method is
-warmed up, then timed ``--repeats`` times from the same weights; the median is reported.
+warmed up, then timed ``--repeats`` times, interleaved with the other methods (so that a
+change of machine load hits all alike); the median is reported.
 
 Usage::
 
-    python benchmarks/bench_dual_path.py                       # aasist-xs, 16 × 0.5 s clips
+    python benchmarks/bench_dual_path.py                       # aasist-xs, 16 × 0.25 s clips
     python benchmarks/bench_dual_path.py --model aasist-l --clip-samples 16000 --batch-size 8
 """
 
@@ -58,11 +59,11 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="aasist-xs")
-    parser.add_argument("--clip-samples", type=int, default=8000)
+    parser.add_argument("--clip-samples", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--augment", default="rawboost:4")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -84,17 +85,16 @@ def main() -> None:
         model.train()
         return model, build_optimizer("adam", trainable_parameters(model), lr=1e-3)
 
-    results: dict[str, float] = {}
+    steps: dict[str, Callable[[], object]] = {}
 
     model, opt = fresh()
 
-    def plain() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+    def plain(m: torch.nn.Module = model, o: torch.optim.Optimizer = opt) -> None:
+        o.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        o.step()
 
-    results["plain"] = statistics.median(timed(plain, args.warmup, args.repeats))
-
+    steps["plain"] = plain
     for name in ALIGNERS:
         model, opt = fresh()
         aligner = build_aligner(name)
@@ -104,15 +104,22 @@ def main() -> None:
         ) -> None:
             dual_path_step(m, o, x, y, lambda _: x_aug, a)
 
-        results[name] = statistics.median(timed(dual, args.warmup, args.repeats))
-
+        steps[name] = dual
     model, opt = fresh()
     roga = RoGA(model, opt, rho=0.1, alpha=2e-4)
     xx, yy = torch.cat([x, x_aug]), torch.cat([y, y])
     paths = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
-    results["roga"] = statistics.median(
-        timed(lambda: roga.step(xx, yy, paths), args.warmup, args.repeats)
-    )
+    steps["roga"] = lambda: roga.step(xx, yy, paths)
+
+    # Interleaved: every repeat times each method once, so a change of machine load
+    # during the run affects all methods alike.
+    for fn in steps.values():
+        timed(fn, args.warmup, 0)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, fn in steps.items():
+            times[name] += timed(fn, 0, 1)
+    results = {name: statistics.median(t) for name, t in times.items()}
 
     print(
         f"model {args.model}, batch {args.batch_size} x {args.clip_samples} samples, "
