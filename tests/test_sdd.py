@@ -103,6 +103,13 @@ def test_cli_kws_flag_with_sdd_is_one_line() -> None:
     assert_one_line_error(proc, "--frontend cannot be used with --task sdd")
 
 
+def test_audit_refuses_sdd_runs_in_one_line(tmp_path: Path) -> None:
+    cfg = SimConfig.from_mapping({"task": "sdd"})
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    proc = run_cli("audit", str(tmp_path))
+    assert_one_line_error(proc, "--task sdd run", "raw-waveform")
+
+
 # --- training step, no Flower ------------------------------------------------------------------
 
 CLIP = 2400  # just above aasist-xs's shortest input (2251 samples)
