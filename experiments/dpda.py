@@ -4,8 +4,9 @@ Every (alignment, seed) pair of the file's ``[experiment]`` table is one ``fedsp
 --config FILE --alignment A --seed S`` run (a fresh process each, in ``OUT/A-sS``); runs whose
 ``metrics.json`` already holds every round are not run again, so an interrupted comparison
 resumes. The table gives, per alignment method, the final EER on seen and on held-out attacks
-(mean ± sample standard deviation over the seeds, in %) and the conflict rate measured by the
-clients (fraction of local steps with ``cos(g_clean, g_aug) < 0``, mean over rounds and seeds).
+(mean ± sample standard deviation over the seeds, in %), the conflict rate measured by the
+clients (fraction of local steps with ``cos(g_clean, g_aug) < 0``, mean over rounds and seeds)
+and the seconds the rounds of one run took (mean; Ray start-up and data loading excluded).
 It is printed and written to ``OUT/table.md`` and ``OUT/summary.json``.
 
 Usage::
@@ -93,7 +94,7 @@ def summarise(out: Path, alignments: list[str], seeds: list[int]) -> dict[str, A
 def table(summary: dict[str, Any]) -> str:
     """Markdown table of :func:`summarise`'s result."""
     lines = [
-        "| alignment | seeds | EER seen (%) | EER unseen (%) | conflict rate | s per run |",
+        "| alignment | seeds | EER seen (%) | EER unseen (%) | conflict rate | round s per run |",
         "|---|---|---|---|---|---|",
     ]
     for name, rows in summary.items():

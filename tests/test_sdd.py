@@ -50,7 +50,8 @@ def test_sdd_takes_its_task_defaults_unless_set() -> None:
 
 @pytest.mark.parametrize("key", KWS_ONLY)
 def test_kws_only_key_rejected_for_sdd(key: str) -> None:
-    value: object = {"synth_speakers": 10, "synth_takes": 1}.get(key, "mel")
+    valid = {"synth_speakers": 10, "synth_takes": 1, "audit_iterations": 10, "audit_threads": 1}
+    value: object = True if key == "audit" else valid.get(key, "mel")
     with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
         SimConfig.from_mapping({"task": "sdd", key: value})
 
@@ -261,3 +262,25 @@ def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
     truth = load_truth(run / "truth" / f"{caps[-1].stem}.json")
     (batch,) = truth["batches"]
     assert len(batch["attacks"]) == len(batch["labels"]) == 4
+
+
+def test_dpda_table_means_and_stds(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "dpda.py"
+    spec = importlib.util.spec_from_file_location("dpda", path)
+    assert spec is not None and spec.loader is not None
+    dpda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dpda)
+    base, alignments, seeds = dpda.read_grid(path.with_suffix(".toml"))
+    assert base["task"] == "sdd" and len(seeds) == 3 and "roga" in alignments
+    for seed, (e, u) in enumerate([(0.1, 0.2), (0.3, 0.4)]):
+        rounds = [{"round": 1, "eer": e, "eer_unseen": u, "conflict_rate": 0.25, "seconds": 10.0}]
+        final = {"eer": e, "eer_unseen": u}
+        run = tmp_path / f"pcgrad-s{seed}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"rounds": rounds, "final": final}))
+    assert dpda.finished(tmp_path / "pcgrad-s0", 1) and not dpda.finished(tmp_path / "x", 1)
+    text = dpda.table(dpda.summarise(tmp_path, ["pcgrad", "none"], [0, 1, 2]))
+    assert "| pcgrad | 2 | 20.0 ± 14.1 | 30.0 ± 14.1 | 0.250 | 10 |" in text
+    assert "| none | 0 | n/a | n/a | n/a | n/a |" in text
