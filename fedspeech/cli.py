@@ -52,6 +52,8 @@ _SIM_FLAGS: list[tuple[str, Any, str]] = [
     ("--cpus-per-client", float, "Ray CPUs reserved per client"),
     ("--synth-speakers", int, "speakers in the built-in corpus"),
     ("--synth-takes", int, "takes per word and speaker in the built-in corpus"),
+    ("--audit-iterations", int, "--audit: stage-1 steps per restart (cap; stops when converged)"),
+    ("--audit-threads", int, "--audit: torch threads of the attack (0 = every core)"),
 ]
 
 
@@ -64,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", help="TOML file with any of the flags below as keys")
     for flag, typ, text in _SIM_FLAGS:
         sim.add_argument(flag, type=typ, default=None, help=text)
+    sim.add_argument(
+        "--audit",
+        action="store_true",
+        default=None,
+        help="attack the captured clients (--capture-clients) after each round; "
+        "leakage per round in metrics.json, accuracy.png and audit/",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress output")
 
     data = sub.add_parser("data", help="datasets")
@@ -180,6 +189,7 @@ def _sim_config(args: argparse.Namespace) -> SimConfig:
         flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
         for flag, _, _ in _SIM_FLAGS
     }
+    flags["audit"] = args.audit
     cfg = cfg.updated(flags, "the command line")
     if args.quiet:
         cfg = cfg.updated({"progress": False})

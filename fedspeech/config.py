@@ -54,6 +54,9 @@ class SimConfig:
     cpus_per_client: float = 1.0
     synth_speakers: int = 200
     synth_takes: int = 3
+    audit: bool = False
+    audit_iterations: int = 8000
+    audit_threads: int = 0
     progress: bool = True
 
     # ------------------------------------------------------------------ building
@@ -121,6 +124,12 @@ class SimConfig:
             raise ConfigError(
                 f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}"
             )
+        if self.audit_iterations < 1:
+            raise ConfigError(f"--audit-iterations must be at least 1, got {self.audit_iterations}")
+        if self.audit_threads < 0:
+            raise ConfigError(f"--audit-threads must not be negative, got {self.audit_threads}")
+        if self.audit and self.capture_count() == 0:
+            raise ConfigError("--audit needs captures: --capture-clients must not be 0")
         self.capture_count()  # validates the spelling
 
     def capture_count(self) -> int | None:
