@@ -82,6 +82,12 @@ def ratio(rows: Sequence[Row], column: str) -> str:
     return f"{mean(both, column) / mean(both, 'ff_' + column):.3f}"
 
 
+def tv_weight(run: Path) -> str:
+    """The stage-1 total-variation weight the run was audited with."""
+    summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
+    return f"{summary.get('settings', {}).get('tv_weight', math.nan):g}"
+
+
 def accuracy_before(run: Path, server_round: int) -> str:
     """Test accuracy of the global model the round's gradients were computed on."""
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
@@ -96,16 +102,18 @@ def accuracy_before(run: Path, server_round: int) -> str:
 
 def table2(runs: Sequence[Path]) -> str:
     head = (
-        "| front-end | n | label acc. | F-MSE | PESQ-NB from features | PESQ-NB from gradients "
-        "| ratio | PESQ-WB from features | PESQ-WB from gradients | STOI from features "
-        "| STOI from gradients | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| front-end | TV weight | n | label acc. | F-MSE | PESQ-NB from features "
+        "| PESQ-NB from gradients | ratio | PESQ-WB from features | PESQ-WB from gradients "
+        "| STOI from features | STOI from gradients | ratio |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for run in runs:
         cfg, rows = read_run(run)
         lines.append(
-            f"| {cfg['frontend']} | {len(rows)} | {mean(rows, 'label_correct'):.2f} "
-            f"| {cell(rows, 'f_mse', '.1e')} | {cell(rows, 'ff_pesq_nb')} "
+            f"| {cfg['frontend']} | {tv_weight(run)} | {len(rows)} "
+            f"| {mean(rows, 'label_correct'):.2f} | {cell(rows, 'f_mse', '.1e')} "
+            f"| {cell(rows, 'ff_pesq_nb')} "
             f"| {cell(rows, 'pesq_nb')} | {ratio(rows, 'pesq_nb')} | {cell(rows, 'ff_pesq_wb')} "
             f"| {cell(rows, 'pesq_wb')} | {cell(rows, 'ff_stoi')} | {cell(rows, 'stoi')} "
             f"| {ratio(rows, 'stoi')} |"
@@ -115,8 +123,9 @@ def table2(runs: Sequence[Path]) -> str:
 
 def table3(runs: Sequence[Path]) -> str:
     head = (
-        "| front-end | n | verifier EER | speaker re-id from features | from gradients "
-        "| content from features | from gradients |\n|---|---|---|---|---|---|---|"
+        "| front-end | TV weight | n | verifier EER | speaker re-id from features "
+        "| from gradients | content from features | from gradients |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for run in runs:
@@ -124,7 +133,8 @@ def table3(runs: Sequence[Path]) -> str:
         summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
         eer = summary.get("speaker_eer")
         lines.append(
-            f"| {cfg['frontend']} | {len(rows)} | {'–' if eer is None else f'{eer:.3f}'} "
+            f"| {cfg['frontend']} | {tv_weight(run)} | {len(rows)} "
+            f"| {'–' if eer is None else f'{eer:.3f}'} "
             f"| {cell(rows, 'ff_speaker_reidentified')} | {cell(rows, 'speaker_reidentified')} "
             f"| {cell(rows, 'ff_content_correct')} | {cell(rows, 'content_correct')} |"
         )

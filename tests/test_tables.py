@@ -32,7 +32,9 @@ def fake_run(tmp: Path, rows: list[dict[str, object]], frontend: str = "mel") ->
     (run / "metrics.json").write_text(
         json.dumps({"initial": {"accuracy": 0.1}, "rounds": [{"round": 1, "accuracy": 0.5}]})
     )
-    (run / "audit" / "summary.json").write_text(json.dumps({"speaker_eer": 0.25}))
+    (run / "audit" / "summary.json").write_text(
+        json.dumps({"speaker_eer": 0.25, "settings": {"tv_weight": 0.001}})
+    )
     with open(run / "audit" / "leakage.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, LEAKAGE_COLUMNS)
         w.writeheader()
@@ -54,10 +56,11 @@ def test_table2_ratio_uses_samples_both_sides_scored(tmp_path: Path) -> None:
     text = tables.table2([run])
     row = text.splitlines()[2].split("|")
     # PESQ ratio only over the first sample (the others lack one side): 2.0 / 2.5.
-    assert row[7].strip() == "0.800"
-    assert row[6].strip() == "1.50 ± 0.50 (n=2)"
+    assert row[8].strip() == "0.800"
+    assert row[7].strip() == "1.50 ± 0.50 (n=2)"
+    assert row[2].strip() == "0.001"
     # STOI over all three: 2.1 / 2.4.
-    assert row[12].strip() == f"{2.1 / 2.4:.3f}"
+    assert row[13].strip() == f"{2.1 / 2.4:.3f}"
     sweep = tables.sweep([run]).splitlines()
     assert [line.split("|")[3].strip() for line in sweep[2:]] == ["1", "2"]
     assert sweep[2].split("|")[4].strip() == "0.100"  # accuracy before round 1: initial
