@@ -1,7 +1,8 @@
 """Reconstructions per hour: fedspeech's attack against the plain per-sample loop, one run.
 
 Both attack the same shared gradients at the study's settings (Li, Zhang, Liu: keyword CNN,
-Mel front-end, batch 1, one local step at the initial weights). The plain loop is the
+Mel front-end, batch 1, one local step at the initial weights, the same weights for every
+clip, as for the captures of one round). The plain loop is the
 study's algorithm: one sample at a time, 8000 Adam iterations, two restarts, no early stop
 (:func:`attacks.features.reconstruct_plain`). fedspeech's (:func:`attacks.features.reconstruct`)
 stops iterations and restarts once converged and batches independent targets. Both
@@ -61,16 +62,17 @@ def clips(n: int, seed: int) -> np.ndarray:
 
 
 def targets(waves: np.ndarray, seed: int) -> tuple[list[AttackTarget], torch.Tensor]:
+    """One shared gradient per clip, all at the same initial weights (one round's captures)."""
     frontend = build_frontend("mel")
     with torch.no_grad():
         feats = frontend(torch.from_numpy(waves))
-    out = []
+    torch.manual_seed(seed)
+    model = build_model("kws-cnn")
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
     labels = torch.arange(len(waves)) % 10
+    out = []
     for i in range(len(waves)):
-        torch.manual_seed(seed + i)
-        model = build_model("kws-cnn")
         grads = compute_gradient(model, feats[i : i + 1], labels[i : i + 1])
-        params = {k: v.detach().clone() for k, v in model.named_parameters()}
         out.append(
             AttackTarget(
                 model=model,

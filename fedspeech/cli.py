@@ -65,6 +65,8 @@ _SIM_FLAGS: list[tuple[str, Any, str]] = [
     ("--bonafide-root", str, "sdd: build the built-in spoof corpus from this speech folder"),
     ("--roga-rho", float, "sdd: RoGA ascent radius"),
     ("--roga-alpha", float, "sdd: RoGA alignment weight"),
+    ("--audit-iterations", int, "--audit: stage-1 steps per restart (cap; stops when converged)"),
+    ("--audit-threads", int, "--audit: torch threads of the attack (0 = every core)"),
 ]
 
 
@@ -77,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", help="TOML file with any of the flags below as keys")
     for flag, typ, text in _SIM_FLAGS:
         sim.add_argument(flag, type=typ, default=None, help=text)
+    sim.add_argument(
+        "--audit",
+        action="store_true",
+        default=None,
+        help="attack the captured clients (--capture-clients) after each round; "
+        "leakage per round in metrics.json, accuracy.png and audit/",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress output")
 
     data = sub.add_parser("data", help="datasets")
@@ -204,6 +213,7 @@ def _sim_config(args: argparse.Namespace) -> SimConfig:
         flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
         for flag, _, _ in _SIM_FLAGS
     }
+    flags["audit"] = args.audit
     cfg = cfg.updated(flags, "the command line")
     if args.quiet:
         cfg = cfg.updated({"progress": False})

@@ -58,6 +58,10 @@ KWS_ONLY = (
     "activation",
     "synth_speakers",
     "synth_takes",
+    # The audit attacks spectral-feature models only (not yet raw-waveform ones).
+    "audit",
+    "audit_iterations",
+    "audit_threads",
 )
 SDD_ONLY = (
     "augment",
@@ -112,6 +116,9 @@ class SimConfig:
     bonafide_root: str | None = None
     roga_rho: float = 0.1
     roga_alpha: float = 2e-4
+    audit: bool = False
+    audit_iterations: int = 8000
+    audit_threads: int = 0
     progress: bool = True
     # Keys set explicitly (by a file, flags or a mapping); not a setting itself.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
@@ -187,6 +194,12 @@ class SimConfig:
             raise ConfigError(
                 f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}"
             )
+        if self.audit_iterations < 1:
+            raise ConfigError(f"--audit-iterations must be at least 1, got {self.audit_iterations}")
+        if self.audit_threads < 0:
+            raise ConfigError(f"--audit-threads must not be negative, got {self.audit_threads}")
+        if self.audit and self.capture_count() == 0:
+            raise ConfigError("--audit needs captures: --capture-clients must not be 0")
         self.capture_count()  # validates the spelling
         if self.task == "sdd":
             self._validate_sdd()

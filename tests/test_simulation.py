@@ -127,3 +127,32 @@ def test_update_capture_matches_replayed_training(tmp_path: Path, tiny_cache: Pa
     for name, w in model.state_dict().items():
         torch.testing.assert_close(cap.shared[name], w, rtol=1e-4, atol=1e-6)
     assert cap.num_examples == sum(len(b) for b in batches)
+
+
+def test_audit_after_each_round(tmp_path: Path, tiny_cache: Path) -> None:
+    run = simulate(
+        tmp_path,
+        tiny_cache,
+        "--share",
+        "gradient",
+        "--batch-size",
+        "1",
+        "--rounds",
+        "2",
+        "--capture-clients",
+        "1",
+        "--audit",
+        "--audit-iterations",
+        "40",
+        "--audit-threads",
+        "1",
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    for entry in metrics["rounds"]:
+        leak = entry["leakage"]
+        assert leak["label_accuracy"] == 1.0  # iDLG is exact at batch 1
+        assert 0.0 <= leak["stoi"] <= 1.0 and np.isfinite(leak["f_mse"])
+    summary = json.loads((run / "audit" / "summary.json").read_text())
+    assert summary["samples"] == 2  # both rounds' captures, summarised together
+    rounds = {int(p.stem[1:4]) for p in (run / "audit" / "samples").glob("*.json")}
+    assert rounds == {1, 2}

@@ -25,6 +25,7 @@ from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
 from fedspeech.prepare import RunData, open_features, prepare_run
 from fedspeech.report import RunRecorder
+from fedspeech.report.leakage import audit_rounds, leakage_means
 from fedspeech.training import evaluate, local_batches
 
 # The ``frontend`` recorded in captures of raw-waveform models.
@@ -205,7 +206,13 @@ def run_server(
             extra = sdd_scores(score_clips(model, test_x), test_y, data.eval_sets)
         now = time.perf_counter()
         recorder.evaluated(server_round, acc, loss, now - round_start, extra=extra)
-        round_start = now
+        if cfg.audit and server_round > 0 and isinstance(strategy, HonestButCuriousStrategy):
+            # The captures of this round are written by a background thread.
+            strategy.flush()
+            summary = audit_rounds(cfg, data.run_dir, [server_round])
+            recorder.add_leakage(server_round, leakage_means(summary))
+            torch.set_num_threads(1)
+        round_start = time.perf_counter()
         finite = {k: v for k, v in extra.items() if v == v}  # NaN: undefined, not sent
         return MetricRecord({"accuracy": acc, "loss": loss, **finite})
 

@@ -18,6 +18,14 @@ from typing import Any, TextIO
 
 from fedspeech.fileio import atomic_write_bytes, atomic_write_text
 
+# Leakage columns of the terminal table, when the run was audited.
+_LEAK_COLUMNS = {
+    "label_accuracy": "label",
+    "pesq_nb": "pesq_nb",
+    "stoi": "stoi",
+    "speaker_reid_rate": "spk_reid",
+}
+
 
 class RunRecorder:
     """Collects per-round metrics and writes ``metrics.json`` and ``accuracy.png``.
@@ -201,12 +209,14 @@ class RunRecorder:
         return path
 
     def summary_table(self) -> str:
-        """Plain-text table of the rounds, for the terminal."""
+        """Plain-text table of the rounds, for the terminal (with leakage when audited)."""
         sdd = any("eer" in r for r in self.rounds)
+        leak = [k for k in _LEAK_COLUMNS if any(k in r.get("leakage", {}) for r in self.rounds)]
         head = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}"
         if sdd:
             head += f"  {'eer':>6}  {'unseen':>6}  {'conflict':>8}"
-        lines = [f"{head}  {'clients':>7}  {'seconds':>7}"]
+        head += f"  {'clients':>7}  {'seconds':>7}"
+        lines = [head + "".join(f"  {_LEAK_COLUMNS[k]:>8}" for k in leak)]
         for r in self.rounds:
             line = f"{r['round']:>5}  {r['accuracy']:>8.3f}  {r['loss']:>7.3f}"
             if sdd:
@@ -214,7 +224,8 @@ class RunRecorder:
                     f"  {_fmt(r.get('eer')):>6}  {_fmt(r.get('eer_unseen')):>6}  "
                     f"{_fmt(r.get('conflict_rate')):>8}"
                 )
-            lines.append(f"{line}  {len(r['clients']):>7}  {r['seconds']:>7.1f}")
+            cells = "".join(f"  {r.get('leakage', {}).get(k, float('nan')):>8.3f}" for k in leak)
+            lines.append(f"{line}  {len(r['clients']):>7}  {r['seconds']:>7.1f}" + cells)
         return "\n".join(lines)
 
     def _say(self, text: str) -> None:

@@ -1,0 +1,180 @@
+"""Print the leakage tables of audited runs as Markdown (the README's tables come from here).
+
+Each RUN is a folder written by ``fedspeech simulate`` and audited by ``fedspeech audit``;
+the numbers are read from ``RUN/audit/leakage.csv`` (one row per reconstructed sample),
+``RUN/config.toml`` and ``RUN/metrics.json``.
+
+* ``table2`` -- Li, Zhang, Liu's Table 2: waveform quality of stage 2 applied to the true
+  features ("from features", the ceiling) and of the whole attack ("from gradients"),
+  one row per run (e.g. Mel and MFCC).
+* ``table3`` -- their Table 3: speaker re-identification (and, ours, content) rates.
+* ``sweep`` -- leakage per run and per audited round (batch size and training round).
+
+Usage::
+
+    python experiments/tables.py table2 runs/leak-mel runs/leak-mfcc
+    python experiments/tables.py sweep runs/leak-b1 runs/leak-b2 runs/leak-b4 runs/leak-b8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Row = dict[str, str]
+
+
+def read_run(run: Path) -> tuple[dict[str, object], list[Row]]:
+    """The run's resolved config and its audit rows; exits with code 2 if either is missing."""
+    csv_path = run / "audit" / "leakage.csv"
+    if not csv_path.is_file() or not (run / "config.toml").is_file():
+        print(
+            f"tables: error: {run} is not an audited run (no config.toml or {csv_path})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    cfg = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))["simulate"]
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"] != ""]
+    return cfg, rows
+
+
+def values(rows: Sequence[Row], column: str) -> list[float]:
+    """The finite values of a column (empty cells and NaN are samples a score could not take)."""
+    out = []
+    for r in rows:
+        try:
+            v = float(r[column])
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def mean(rows: Sequence[Row], column: str) -> float:
+    v = values(rows, column)
+    return sum(v) / len(v) if v else math.nan
+
+
+def cell(rows: Sequence[Row], column: str, fmt: str = ".2f") -> str:
+    """``mean ± std`` of a column (population std), with the count when some are missing."""
+    v = values(rows, column)
+    if not v:
+        return "–"
+    m = sum(v) / len(v)
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
+    text = f"{m:{fmt}} ± {s:{fmt}}"
+    return text if len(v) == len(rows) else f"{text} (n={len(v)})"
+
+
+def ratio(rows: Sequence[Row], column: str) -> str:
+    """Mean from gradients over mean from features, on the samples both could score."""
+    both = [r for r in rows if values([r], column) and values([r], "ff_" + column)]
+    if not both:
+        return "–"
+    return f"{mean(both, column) / mean(both, 'ff_' + column):.3f}"
+
+
+def tv_weight(run: Path) -> str:
+    """The stage-1 total-variation weight the run was audited with."""
+    summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
+    return f"{summary.get('settings', {}).get('tv_weight', math.nan):g}"
+
+
+def accuracy_before(run: Path, server_round: int) -> str:
+    """Test accuracy of the global model the round's gradients were computed on."""
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    if server_round == 1:
+        acc = (metrics.get("initial") or {}).get("accuracy")
+    else:
+        acc = next(
+            (r["accuracy"] for r in metrics["rounds"] if r["round"] == server_round - 1), None
+        )
+    return "–" if acc is None else f"{acc:.3f}"
+
+
+def table2(runs: Sequence[Path]) -> str:
+    head = (
+        "| front-end | TV weight | n | label acc. | F-MSE | PESQ-NB from features "
+        "| PESQ-NB from gradients | ratio | PESQ-WB from features | PESQ-WB from gradients "
+        "| STOI from features | STOI from gradients | ratio |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for run in runs:
+        cfg, rows = read_run(run)
+        lines.append(
+            f"| {cfg['frontend']} | {tv_weight(run)} | {len(rows)} "
+            f"| {mean(rows, 'label_correct'):.2f} | {cell(rows, 'f_mse', '.1e')} "
+            f"| {cell(rows, 'ff_pesq_nb')} "
+            f"| {cell(rows, 'pesq_nb')} | {ratio(rows, 'pesq_nb')} | {cell(rows, 'ff_pesq_wb')} "
+            f"| {cell(rows, 'pesq_wb')} | {cell(rows, 'ff_stoi')} | {cell(rows, 'stoi')} "
+            f"| {ratio(rows, 'stoi')} |"
+        )
+    return "\n".join(lines)
+
+
+def table3(runs: Sequence[Path]) -> str:
+    head = (
+        "| front-end | TV weight | n | verifier EER | speaker re-id from features "
+        "| from gradients | content from features | from gradients |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for run in runs:
+        cfg, rows = read_run(run)
+        summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
+        eer = summary.get("speaker_eer")
+        lines.append(
+            f"| {cfg['frontend']} | {tv_weight(run)} | {len(rows)} "
+            f"| {'–' if eer is None else f'{eer:.3f}'} "
+            f"| {cell(rows, 'ff_speaker_reidentified')} | {cell(rows, 'speaker_reidentified')} "
+            f"| {cell(rows, 'ff_content_correct')} | {cell(rows, 'content_correct')} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep(runs: Sequence[Path]) -> str:
+    head = (
+        "| front-end | batch | round | test acc. of the attacked model | n | label acc. "
+        "| F-MSE | PESQ-NB | PESQ-NB from features | STOI | STOI from features |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for run in runs:
+        cfg, rows = read_run(run)
+        for rnd in sorted({int(r["round"]) for r in rows}):
+            sub = [r for r in rows if int(r["round"]) == rnd]
+            lines.append(
+                f"| {cfg['frontend']} | {cfg['batch-size']} | {rnd} | {accuracy_before(run, rnd)} "
+                f"| {len(sub)} | {mean(sub, 'label_correct'):.2f} | {cell(sub, 'f_mse', '.1e')} "
+                f"| {cell(sub, 'pesq_nb')} | {cell(sub, 'ff_pesq_nb')} | {cell(sub, 'stoi')} "
+                f"| {cell(sub, 'ff_stoi')} |"
+            )
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Sequence[Path]], str]] = {
+    "table2": table2,
+    "table3": table3,
+    "sweep": sweep,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("table", choices=sorted(TABLES))
+    ap.add_argument("runs", nargs="+", type=Path, metavar="RUN")
+    args = ap.parse_args(argv)
+    print(TABLES[args.table](args.runs))
+
+
+if __name__ == "__main__":
+    main()

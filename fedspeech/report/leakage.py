@@ -1,0 +1,41 @@
+"""``fedspeech simulate --audit``: the privacy audit of a run's captures, round by round.
+
+The simulator only calls :func:`attacks.audit.audit_run` (the same code as ``fedspeech
+audit RUN_DIR``) on the captures of the round that just ended; per-capture results are
+cached in ``RUN/audit/``, so the final audit over all rounds only summarises them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedspeech.config import SimConfig
+
+
+def audit_settings(cfg: SimConfig, rounds: list[int] | None) -> Any:
+    """The :class:`attacks.audit.AuditSettings` of a simulation's ``--audit-*`` keys."""
+    from attacks.audit import AuditSettings
+
+    return AuditSettings(
+        iterations=cfg.audit_iterations,
+        rounds=rounds,
+        threads=cfg.audit_threads or None,
+        seed=cfg.seed,
+    )
+
+
+def audit_rounds(cfg: SimConfig, run_dir: Path, rounds: list[int] | None) -> dict[str, Any]:
+    """Audit the captures of ``rounds`` (``None``: all) and return ``audit/summary.json``."""
+    from attacks.audit import audit_run
+
+    return audit_run(Path(run_dir), audit_settings(cfg, rounds), progress=cfg.progress)
+
+
+def leakage_means(summary: dict[str, Any]) -> dict[str, float]:
+    """Metric -> mean over the audited samples, from gradients (what ``metrics.json`` keeps)."""
+    return {
+        name: float(stats["mean"])
+        for name, stats in summary.get("from_gradients", {}).items()
+        if stats.get("n")
+    }

@@ -1,0 +1,78 @@
+"""experiments/tables.py: the README's leakage tables from audited run folders."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from attacks.report import LEAKAGE_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tables() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tables", ROOT / "experiments" / "tables.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake_run(tmp: Path, rows: list[dict[str, object]], frontend: str = "mel") -> Path:
+    run = tmp / frontend
+    (run / "audit").mkdir(parents=True)
+    (run / "config.toml").write_text(
+        f'[simulate]\nfrontend = "{frontend}"\nbatch-size = 1\n', encoding="utf-8"
+    )
+    (run / "metrics.json").write_text(
+        json.dumps({"initial": {"accuracy": 0.1}, "rounds": [{"round": 1, "accuracy": 0.5}]})
+    )
+    (run / "audit" / "summary.json").write_text(
+        json.dumps({"speaker_eer": 0.25, "settings": {"tv_weight": 0.001}})
+    )
+    with open(run / "audit" / "leakage.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, LEAKAGE_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({"label": 3, "label_correct": 1, **r})
+    return run
+
+
+def test_table2_ratio_uses_samples_both_sides_scored(tmp_path: Path) -> None:
+    tables = load_tables()
+    run = fake_run(
+        tmp_path,
+        [
+            {"round": 1, "pesq_nb": 2.0, "ff_pesq_nb": 2.5, "stoi": 0.8, "ff_stoi": 0.8},
+            {"round": 1, "pesq_nb": 1.0, "ff_pesq_nb": "", "stoi": 0.6, "ff_stoi": 0.9},
+            {"round": 2, "pesq_nb": "nan", "ff_pesq_nb": 3.0, "stoi": 0.7, "ff_stoi": 0.7},
+        ],
+    )
+    text = tables.table2([run])
+    row = text.splitlines()[2].split("|")
+    # PESQ ratio only over the first sample (the others lack one side): 2.0 / 2.5.
+    assert row[8].strip() == "0.800"
+    assert row[7].strip() == "1.50 ± 0.50 (n=2)"
+    assert row[2].strip() == "0.001"
+    # STOI over all three: 2.1 / 2.4.
+    assert row[13].strip() == f"{2.1 / 2.4:.3f}"
+    sweep = tables.sweep([run]).splitlines()
+    assert [line.split("|")[3].strip() for line in sweep[2:]] == ["1", "2"]
+    assert sweep[2].split("|")[4].strip() == "0.100"  # accuracy before round 1: initial
+    assert sweep[3].split("|")[4].strip() == "0.500"
+
+
+def test_missing_audit_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tables = load_tables()
+    with pytest.raises(SystemExit) as info:
+        tables.main(["table2", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not an audited run" in err
