@@ -82,10 +82,20 @@ def ratio(rows: Sequence[Row], column: str) -> str:
     return f"{mean(both, column) / mean(both, 'ff_' + column):.3f}"
 
 
+def audit_setting(run: Path, key: str) -> object:
+    """One setting the run was audited with (``audit/summary.json``), or NaN."""
+    summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
+    return summary.get("settings", {}).get(key, math.nan)
+
+
 def tv_weight(run: Path) -> str:
     """The stage-1 total-variation weight the run was audited with."""
-    summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
-    return f"{summary.get('settings', {}).get('tv_weight', math.nan):g}"
+    return f"{audit_setting(run, 'tv_weight'):g}"
+
+
+def budget(run: Path) -> str:
+    """Stage-1 budget: restarts x step cap per restart."""
+    return f"{audit_setting(run, 'restarts')} × {audit_setting(run, 'iterations')}"
 
 
 def accuracy_before(run: Path, server_round: int) -> str:
@@ -143,9 +153,9 @@ def table3(runs: Sequence[Path]) -> str:
 
 def sweep(runs: Sequence[Path]) -> str:
     head = (
-        "| front-end | batch | round | test acc. of the attacked model | n | label acc. "
-        "| F-MSE | PESQ-NB | PESQ-NB from features | STOI | STOI from features |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "| front-end | stage-1 budget | batch | round | test acc. of the attacked model | n "
+        "| label acc. | F-MSE | PESQ-NB | PESQ-NB from features | STOI | STOI from features |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for run in runs:
@@ -153,7 +163,8 @@ def sweep(runs: Sequence[Path]) -> str:
         for rnd in sorted({int(r["round"]) for r in rows}):
             sub = [r for r in rows if int(r["round"]) == rnd]
             lines.append(
-                f"| {cfg['frontend']} | {cfg['batch-size']} | {rnd} | {accuracy_before(run, rnd)} "
+                f"| {cfg['frontend']} | {budget(run)} | {cfg['batch-size']} | {rnd} "
+                f"| {accuracy_before(run, rnd)} "
                 f"| {len(sub)} | {mean(sub, 'label_correct'):.2f} | {cell(sub, 'f_mse', '.1e')} "
                 f"| {cell(sub, 'pesq_nb')} | {cell(sub, 'ff_pesq_nb')} | {cell(sub, 'stoi')} "
                 f"| {cell(sub, 'ff_stoi')} |"

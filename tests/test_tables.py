@@ -33,7 +33,12 @@ def fake_run(tmp: Path, rows: list[dict[str, object]], frontend: str = "mel") ->
         json.dumps({"initial": {"accuracy": 0.1}, "rounds": [{"round": 1, "accuracy": 0.5}]})
     )
     (run / "audit" / "summary.json").write_text(
-        json.dumps({"speaker_eer": 0.25, "settings": {"tv_weight": 0.001}})
+        json.dumps(
+            {
+                "speaker_eer": 0.25,
+                "settings": {"tv_weight": 0.001, "restarts": 2, "iterations": 8000},
+            }
+        )
     )
     with open(run / "audit" / "leakage.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, LEAKAGE_COLUMNS)
@@ -62,9 +67,10 @@ def test_table2_ratio_uses_samples_both_sides_scored(tmp_path: Path) -> None:
     # STOI over all three: 2.1 / 2.4.
     assert row[13].strip() == f"{2.1 / 2.4:.3f}"
     sweep = tables.sweep([run]).splitlines()
-    assert [line.split("|")[3].strip() for line in sweep[2:]] == ["1", "2"]
-    assert sweep[2].split("|")[4].strip() == "0.100"  # accuracy before round 1: initial
-    assert sweep[3].split("|")[4].strip() == "0.500"
+    assert [line.split("|")[4].strip() for line in sweep[2:]] == ["1", "2"]
+    assert sweep[2].split("|")[5].strip() == "0.100"  # accuracy before round 1: initial
+    assert sweep[3].split("|")[5].strip() == "0.500"
+    assert sweep[2].split("|")[2].strip() == "2 × 8000"
 
 
 def test_missing_audit_is_one_error_line(
