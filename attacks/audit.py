@@ -788,6 +788,18 @@ def _restore_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the audit
+def _refuse_waveform_runs(run_dir: Path) -> None:
+    """Stage 1 here matches spectral features: refuse a ``--task sdd`` run in one line."""
+    from fedspeech.config import read_toml
+
+    config = run_dir / "config.toml"
+    if config.is_file() and read_toml(config).get("task") == "sdd":
+        raise ConfigError(
+            f"{run_dir} is a --task sdd run: the audit does not handle raw-waveform models yet "
+            "(its captures load with fedspeech.capture.load_capture)"
+        )
+
+
 def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) -> dict[str, Any]:
     """Attack every selected capture of a run folder and score the leakage.
 
@@ -821,6 +833,7 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FedspeechError(f"run folder {run_dir} does not exist")
+    _refuse_waveform_runs(run_dir)
     found = find_captures(run_dir, settings.rounds, settings.clients)
     if not found:
         where = ""

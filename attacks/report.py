@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedspeech.fileio import atomic_write_bytes, atomic_write_text
+from fedspeech.fileio import atomic_save_figure, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "FF_PREFIX",
@@ -73,15 +73,8 @@ GRADIENT_COLUMNS: tuple[str, ...] = (
     "content_correct",
 )
 FF_PREFIX = "ff_"
-FEATURE_COLUMNS: tuple[str, ...] = (
-    "w_mse",
-    "pesq_nb",
-    "pesq_wb",
-    "stoi",
-    "speaker_cosine",
-    "speaker_reidentified",
-    "content_predicted",
-    "content_correct",
+FEATURE_COLUMNS: tuple[str, ...] = tuple(
+    c for c in GRADIENT_COLUMNS if c not in ("label_correct", "f_mse")
 )
 LEAKAGE_COLUMNS: tuple[str, ...] = (
     ID_COLUMNS + GRADIENT_COLUMNS + tuple(FF_PREFIX + c for c in FEATURE_COLUMNS)
@@ -192,13 +185,7 @@ def log_mel(wave: np.ndarray, sr: int = 16_000, n_mels: int = 64) -> np.ndarray:
 
 
 def _save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return atomic_save_figure(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def spectrogram_figure(

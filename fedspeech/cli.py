@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from fedspeech.config import SimConfig, read_toml
-from fedspeech.errors import ConfigError, FedspeechError
+from fedspeech.errors import FedspeechError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,7 +179,6 @@ def _run_audit(args: argparse.Namespace) -> None:
         ray_address=args.ray_address,
         threads=args.threads,
     )
-    _check_audit_task(Path(args.run_dir))
     summary = audit_run(Path(args.run_dir), settings, progress=not args.quiet)
     out = Path(args.run_dir) / AUDIT_DIR
     print(f"audited {summary['captures']} captures, {summary['samples']} samples")
@@ -193,16 +192,6 @@ def _run_audit(args: argparse.Namespace) -> None:
     else:
         print("no truth/ folder: reconstructions written, leakage not scored")
     print(f"results in {out}: leakage.csv, summary.json, wav/, spectrograms/")
-
-
-def _check_audit_task(run_dir: Any) -> None:
-    """The audit attacks spectral-feature models only: refuse ``--task sdd`` runs in one line."""
-    config = run_dir / "config.toml"
-    if config.is_file() and read_toml(config).get("task") == "sdd":
-        raise ConfigError(
-            f"{run_dir} is a --task sdd run: the audit does not handle raw-waveform models yet "
-            "(its captures load with fedspeech.capture.load_capture)"
-        )
 
 
 def _sim_config(args: argparse.Namespace) -> SimConfig:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,3 +67,17 @@ def publish_dir(tmp: Path, root: Path, already_complete: Callable[[], bool]) -> 
         if not already_complete():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_save_figure(fig: Any, path: Path, **savefig: Any) -> Path:
+    """Render a matplotlib figure to PNG in memory, then write it atomically.
+
+    ``savefig`` goes to :meth:`matplotlib.figure.Figure.savefig` (``dpi``, ``bbox_inches``).
+    The figure is not closed (a pyplot figure still needs ``plt.close``).
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -56,16 +56,38 @@ class RunData:
     """
 
     run_dir: Path
-    features_path: Path
-    labels_path: Path
-    partition_path: Path
-    index_path: Path
     classes: list[str]
     input_shape: tuple[int, ...]
     test_indices: np.ndarray
     partitions: list[np.ndarray]
     corpus_meta: dict[str, list[str]]
     eval_sets: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def features_path(self) -> Path:
+        return self.run_dir / "data" / "features.npy"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.run_dir / "data" / "labels.npy"
+
+    @property
+    def partition_path(self) -> Path:
+        return self.run_dir / "data" / "partition.json"
+
+    @property
+    def index_path(self) -> Path:
+        return self.run_dir / "data" / "index.json"
+
+    def write(
+        self, features: np.ndarray, labels: np.ndarray, index: dict[str, Any], scheme: str
+    ) -> None:
+        """Write the run's ``data/`` files atomically: inputs, labels, partition, index."""
+        atomic_save_npy(self.features_path, features)
+        atomic_save_npy(self.labels_path, labels.astype(np.int64))
+        part_json = {"clients": [p.tolist() for p in self.partitions], "scheme": scheme}
+        atomic_write_text(self.partition_path, json.dumps(part_json))
+        atomic_write_text(self.index_path, json.dumps(index))
 
 
 def default_run_dir() -> Path:
@@ -154,30 +176,22 @@ def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         corpus.waveforms = peak_normalize(corpus.waveforms)
     feats = compute_features(corpus.waveforms, frontend)
 
-    data = run_dir / "data"
-    atomic_save_npy(data / "features.npy", feats)
-    atomic_save_npy(data / "labels.npy", corpus.labels.astype(np.int64))
-    part_json = {"clients": [p.tolist() for p in parts], "scheme": cfg.partition}
-    atomic_write_text(data / "partition.json", json.dumps(part_json))
     meta = {
         "classes": list(corpus.classes),
         "clip_ids": list(corpus.clip_ids),
         "speakers": list(corpus.speakers),
         "split": list(corpus.split),
     }
-    atomic_write_text(data / "index.json", json.dumps(meta))
-    return RunData(
+    run = RunData(
         run_dir=run_dir,
-        features_path=data / "features.npy",
-        labels_path=data / "labels.npy",
-        partition_path=data / "partition.json",
-        index_path=data / "index.json",
         classes=list(corpus.classes),
         input_shape=(int(feats.shape[1]), int(feats.shape[2])),
         test_indices=test_idx,
         partitions=parts,
         corpus_meta={k: v for k, v in meta.items() if k != "classes"},
     )
+    run.write(feats, corpus.labels, meta, cfg.partition)
+    return run
 
 
 @lru_cache(maxsize=4)

@@ -26,7 +26,6 @@ scored on the same clips.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ from fedspeech.data.corpus import SAMPLE_RATE
 from fedspeech.data.spoof import BUILTIN_SAMPLES, SpoofCorpus
 from fedspeech.data.spoof_loaders import SPOOF_DATASETS, load_spoof_dataset
 from fedspeech.errors import ConfigError, DataError
-from fedspeech.fileio import atomic_save_npy, atomic_write_text
 from fedspeech.models import MODELS, build_model
 from fedspeech.prepare import RunData, default_run_dir
 
@@ -171,11 +169,6 @@ def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
     test_indices = np.arange(len(train_idx), len(keep), dtype=np.int64)
     rows = [int(i) for i in keep]
 
-    data = run_dir / "data"
-    atomic_save_npy(data / "features.npy", corpus.waveforms[keep].astype(np.float32))
-    atomic_save_npy(data / "labels.npy", corpus.labels[keep].astype(np.int64))
-    part_json = {"clients": [p.tolist() for p in parts], "scheme": cfg.partition}
-    atomic_write_text(data / "partition.json", json.dumps(part_json))
     meta = {
         "classes": CLASSES,
         "clip_ids": [corpus.clip_ids[i] for i in rows],
@@ -188,13 +181,8 @@ def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         "sample_rate": SAMPLE_RATE,
         "eval": {name: idx.tolist() for name, idx in subsets.items()},
     }
-    atomic_write_text(data / "index.json", json.dumps(index))
-    return RunData(
+    run = RunData(
         run_dir=run_dir,
-        features_path=data / "features.npy",
-        labels_path=data / "labels.npy",
-        partition_path=data / "partition.json",
-        index_path=data / "index.json",
         classes=list(CLASSES),
         input_shape=(cfg.clip_samples,),
         test_indices=test_indices,
@@ -202,3 +190,5 @@ def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         corpus_meta={k: v for k, v in meta.items() if k != "classes"},
         eval_sets=subsets,
     )
+    run.write(corpus.waveforms[keep].astype(np.float32), corpus.labels[keep], index, cfg.partition)
+    return run

@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from fedspeech.models import build_model
 from fedspeech.prepare_sdd import eval_subsets
 from fedspeech.training.sdd import score_clips, sdd_scores, train_sdd
 from tests.test_cli_errors import assert_one_line_error, run_cli
-from tests.test_simulation import processes_with_marker
+from tests.test_simulation import leftover_processes
 
 # --- configuration -----------------------------------------------------------------------------
 
@@ -236,8 +235,7 @@ def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    time.sleep(1)
-    assert not processes_with_marker(marker), "simulate left processes behind"
+    assert not leftover_processes(marker), "simulate left processes behind"
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]

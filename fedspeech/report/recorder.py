@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedspeech.fileio import atomic_write_bytes, atomic_write_text
+from fedspeech.fileio import atomic_save_figure, atomic_write_text
 
 # Leakage columns of the terminal table, when the run was audited.
 _LEAK_COLUMNS = {
@@ -124,8 +124,6 @@ class RunRecorder:
         """Write ``accuracy.png`` (accuracy and loss per round); ``None`` if no rounds."""
         if not self.rounds:
             return None
-        import io
-
         import matplotlib
 
         matplotlib.use("Agg")
@@ -161,11 +159,8 @@ class RunRecorder:
         ax2.set_ylabel("loss", color="tab:red")
         ax.set_title(f"Global model, {self.run_dir.name}")
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        path = atomic_save_figure(fig, self.run_dir / "accuracy.png")
         plt.close(fig)
-        path = self.run_dir / "accuracy.png"
-        atomic_write_bytes(path, buf.getvalue())
         return path
 
     def plot_eer(self) -> Path | None:
@@ -175,8 +170,6 @@ class RunRecorder:
         """
         if not any("eer" in r for r in self.rounds):
             return None
-        import io
-
         import matplotlib
 
         matplotlib.use("Agg")
@@ -201,11 +194,8 @@ class RunRecorder:
         ax.legend(fontsize=8)
         ax.set_title(f"Global model, {self.run_dir.name}")
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        path = atomic_save_figure(fig, self.run_dir / "eer.png")
         plt.close(fig)
-        path = self.run_dir / "eer.png"
-        atomic_write_bytes(path, buf.getvalue())
         return path
 
     def summary_table(self) -> str:
