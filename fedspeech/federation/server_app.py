@@ -26,7 +26,7 @@ from fedspeech.models import build_model
 from fedspeech.prepare import RunData, open_features, prepare_run
 from fedspeech.report import RunRecorder
 from fedspeech.report.leakage import audit_rounds, leakage_means
-from fedspeech.training import evaluate, local_batches
+from fedspeech.training import local_batches, loss_and_accuracy, predict
 
 # The ``frontend`` recorded in captures of raw-waveform models.
 WAVEFORM = "waveform"
@@ -198,12 +198,14 @@ def run_server(
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal round_start
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = evaluate(model, test_x, test_y)
+        # One forward pass over the test set gives accuracy, loss and (sdd) the EER scores.
+        logits = predict(model, test_x)
+        loss, acc = loss_and_accuracy(logits, test_y)
         extra: dict[str, float] = {}
         if cfg.task == "sdd":
-            from fedspeech.training.sdd import score_clips, sdd_scores
+            from fedspeech.training.sdd import bona_fide_scores, sdd_scores
 
-            extra = sdd_scores(score_clips(model, test_x), test_y, data.eval_sets)
+            extra = sdd_scores(bona_fide_scores(logits), test_y, data.eval_sets)
         now = time.perf_counter()
         recorder.evaluated(server_round, acc, loss, now - round_start, extra=extra)
         if cfg.audit and server_round > 0 and isinstance(strategy, HonestButCuriousStrategy):

@@ -7,6 +7,8 @@ from fedspeech.training.local import (
     evaluate,
     gradient_and_loss,
     local_batches,
+    loss_and_accuracy,
+    predict,
     train_local,
 )
 
@@ -15,6 +17,8 @@ __all__ = [
     "apply_gradient",
     "compute_gradient",
     "evaluate",
+    "loss_and_accuracy",
+    "predict",
     "gradient_and_loss",
     "local_batches",
     "train_local",

@@ -157,17 +157,29 @@ def apply_gradient(
 
 
 @torch.no_grad()
+def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Logits ``(N, C)`` of ``model`` on ``inputs`` ``(N, ...)``, in eval mode, no gradients."""
+    model.eval()
+    with torch.no_grad():
+        parts = [
+            model(torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])))
+            for start in range(0, len(inputs), batch_size)
+        ]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``(N, C)`` logits against ``(N,)`` labels."""
+    n = len(labels)
+    if n == 0:
+        return 0.0, 0.0
+    y = torch.from_numpy(np.ascontiguousarray(labels))
+    loss = float(F.cross_entropy(logits, y, reduction="sum"))
+    return loss / n, int((logits.argmax(1) == y).sum()) / n
+
+
 def evaluate(
     model: nn.Module, features: np.ndarray, labels: np.ndarray, batch_size: int = 512
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(features, labels)``."""
-    model.eval()
-    total_loss, correct = 0.0, 0
-    n = len(labels)
-    for start in range(0, n, batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(features[start : start + batch_size]))
-        y = torch.from_numpy(np.ascontiguousarray(labels[start : start + batch_size]))
-        logits = model(x)
-        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return total_loss / max(n, 1), correct / max(n, 1)
+    return loss_and_accuracy(predict(model, features, batch_size), labels)

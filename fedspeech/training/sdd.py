@@ -35,6 +35,7 @@ from fedspeech.augment import Augmentation, build_augmentation
 from fedspeech.config import ROGA
 from fedspeech.metrics.sdd import eer
 from fedspeech.training.dual_path import build_optimizer, train_dual_path, trainable_parameters
+from fedspeech.training.local import predict
 from fedspeech.training.roga import RoGA
 
 
@@ -167,13 +168,14 @@ def score_clips(model: nn.Module, waveforms: np.ndarray, batch_size: int = 64) -
 
     Higher means more bona fide, the ASVspoof convention of :mod:`fedspeech.metrics.sdd`.
     """
-    model.eval()
-    out = []
-    for start in range(0, len(waveforms), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size]))
-        logits = model(x)
-        out.append((logits[:, 1] - logits[:, 0]).double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    return bona_fide_scores(predict(model, waveforms, batch_size))
+
+
+def bona_fide_scores(logits: torch.Tensor) -> np.ndarray:
+    """``logit[1] − logit[0]`` of ``(N, 2)`` logits, as float64 ``(N,)``."""
+    if len(logits) == 0:
+        return np.zeros(0)
+    return (logits[:, 1] - logits[:, 0]).double().numpy()
 
 
 def sdd_scores(
@@ -202,4 +204,11 @@ def sdd_scores(
     return out
 
 
-__all__ = ["SddResult", "augment_fn", "score_clips", "sdd_scores", "train_sdd"]
+__all__ = [
+    "SddResult",
+    "augment_fn",
+    "bona_fide_scores",
+    "score_clips",
+    "sdd_scores",
+    "train_sdd",
+]
