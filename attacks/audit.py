@@ -59,7 +59,7 @@ from attacks.report import (
     write_json,
     write_wav,
 )
-from attacks.target import AttackTarget, target_from_capture
+from attacks.target import WAVEFORM, AttackTarget, target_from_capture
 from fedspeech.capture import CaptureFormatError, load_capture, load_truth
 from fedspeech.errors import ConfigError, FedspeechError
 from fedspeech.fileio import atomic_write_bytes
@@ -640,6 +640,40 @@ class _Scorer:
         return out
 
 
+class _WaveScorer(_Scorer):
+    """The truth side of a raw-waveform (``--task sdd``) run: the clips the run trained on.
+
+    The run's ``data/features.npy`` holds the waveforms themselves, exactly as the clients
+    read them, so nothing is reloaded and no stage 2 ceiling exists (a perfect stage 1 is
+    the clip). The speaker and content judges are not fitted (see :func:`audit_run`).
+    """
+
+    def __init__(self, run_dir: Path, settings: AuditSettings) -> None:
+        data = run_dir / "data"
+        self.run_dir = run_dir
+        self.settings = settings
+        try:
+            self.features = np.load(data / "features.npy", mmap_mode="r", allow_pickle=False)
+            self.labels = np.load(data / "labels.npy", allow_pickle=False).astype(np.int64)
+            index = json.loads((data / "index.json").read_text())
+            self.clip_ids = [str(c) for c in index["clip_ids"]]
+            self.speakers = [str(s) for s in index["speakers"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FedspeechError(
+                f"run folder {run_dir} has truth/ but its data/ cannot be read ({exc}); "
+                "scoring needs data/features.npy, labels.npy and index.json"
+            ) from None
+        if not len(self.clip_ids) == len(self.labels) == self.features.shape[0]:
+            raise FedspeechError(f"{data} is inconsistent: its files list different clip counts")
+        self.info: dict[str, Any] = {}
+        self.verifier = None
+        self.classifier = None
+
+    def waves(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The clips ``(n, samples)`` float32 at ``positions``."""
+        return np.asarray(self.features[np.asarray(positions, dtype=np.int64)], dtype=np.float32)
+
+
 def _pair(rec: np.ndarray, true: np.ndarray) -> list[tuple[int, int]]:
     """Minimum-total-F-MSE pairing of reconstructed and true samples (Hungarian)."""
     from scipy.optimize import linear_sum_assignment
@@ -677,12 +711,16 @@ def _score_capture_quietly(
     from attacks.waveform import features_to_wave
     from fedspeech.frontends import build_frontend
 
-    frontend = build_frontend(job.frontend, **job.frontend_kwargs)
-    rec_waves = np.atleast_2d(
-        features_to_wave(
-            s1.features, frontend, n_iter=settings.griffin_lim_iters, seed=settings.seed
+    waveform = job.frontend == WAVEFORM
+    if waveform:  # stage 1 recovered the waveform itself: no stage 2
+        rec_waves = np.atleast_2d(s1.features)
+    else:
+        frontend = build_frontend(job.frontend, **job.frontend_kwargs)
+        rec_waves = np.atleast_2d(
+            features_to_wave(
+                s1.features, frontend, n_iter=settings.griffin_lim_iters, seed=settings.seed
+            )
         )
-    )
     base = {
         "capture": job.name,
         "round": job.server_round,
@@ -705,12 +743,16 @@ def _score_capture_quietly(
             )
         pairs = _pair(s1.features, true_feats)
         matched = [j for _, j in pairs]
-        ff_waves = np.atleast_2d(
-            features_to_wave(
-                true_feats[matched],
-                frontend,
-                n_iter=settings.griffin_lim_iters,
-                seed=settings.seed,
+        ff_waves = (
+            None
+            if waveform
+            else np.atleast_2d(
+                features_to_wave(
+                    true_feats[matched],
+                    frontend,
+                    n_iter=settings.griffin_lim_iters,
+                    seed=settings.seed,
+                )
             )
         )
         for k, (i, j) in enumerate(pairs):
@@ -722,18 +764,22 @@ def _score_capture_quietly(
             row["label_correct"] = int(s1.labels[i]) == label
             row.update(score_sample(true_feats[j], s1.features[i], original, rec_waves[i]))
             row.update(scorer.judge(original, rec_waves[i], label))
+            originals[i] = original
+            if ff_waves is None:
+                continue
             ff = score_sample(
                 None, None, original, ff_waves[k], metrics=("w_mse", "pesq_nb", "pesq_wb", "stoi")
             )
             ff.update(scorer.judge(original, ff_waves[k], label))
             row.update({FF_PREFIX + key: value for key, value in ff.items()})
-            originals[i], from_features[i] = original, ff_waves[k]
+            from_features[i] = ff_waves[k]
     for i, wave in enumerate(rec_waves):
         stem = f"{job.name}_{i}"
         wav = out / "wav"
         write_wav(wav / f"{stem}_reconstruction.wav", wave, peak=0.9)
         if i in originals:
             write_wav(wav / f"{stem}_original.wav", originals[i])
+        if i in from_features:
             write_wav(wav / f"{stem}_from_features.wav", from_features[i], peak=0.9)
         spectrogram_figure(
             out / "spectrograms" / f"{stem}.png",
@@ -773,7 +819,9 @@ def _summarize(
             table.append(entry)
         return summarize(table)
 
-    return stats("", False), stats(FF_PREFIX, True)
+    # A raw-waveform run has no stage 2, hence no "from features" ceiling.
+    has_ff = any(key.startswith(FF_PREFIX) for row in rows for key in row)
+    return stats("", False), (stats(FF_PREFIX, True) if has_ff else {})
 
 
 def _restore_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -788,16 +836,12 @@ def _restore_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the audit
-def _refuse_waveform_runs(run_dir: Path) -> None:
-    """Stage 1 here matches spectral features: refuse a ``--task sdd`` run in one line."""
+def _is_waveform_run(run_dir: Path) -> bool:
+    """True for a ``--task sdd`` run: its models read raw waveforms."""
     from fedspeech.config import read_toml
 
     config = run_dir / "config.toml"
-    if config.is_file() and read_toml(config).get("task") == "sdd":
-        raise ConfigError(
-            f"{run_dir} is a --task sdd run: the audit does not handle raw-waveform models yet "
-            "(its captures load with fedspeech.capture.load_capture)"
-        )
+    return config.is_file() and read_toml(config).get("task") == "sdd"
 
 
 def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) -> dict[str, Any]:
@@ -833,7 +877,14 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FedspeechError(f"run folder {run_dir} does not exist")
-    _refuse_waveform_runs(run_dir)
+    waveform_run = _is_waveform_run(run_dir)
+    if waveform_run and (settings.speaker or settings.content):
+        # Clips of a fraction of a second say little to a speaker encoder, and a spoofing
+        # corpus has no keyword to hear: scoring is W-MSE, PESQ, STOI and labels.
+        settings = dataclasses.replace(settings, speaker=False, content=False)
+        skipped_judges = True
+    else:
+        skipped_judges = False
     found = find_captures(run_dir, settings.rounds, settings.clients)
     if not found:
         where = ""
@@ -863,6 +914,7 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
         # capture, or does not fit its model, fails now rather than after hours of stage 1.
         results: dict[str, dict[str, Any]] = {}
         jobs: list[_Job] = []
+        caveats: list[str] = []
         total = 0
         for name, path, rnd, cid in found:
             if settings.max_samples is not None and total >= settings.max_samples:
@@ -876,6 +928,8 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
                 target = _load_target(job)
                 job.batch_size = target.batch_size
                 job.frontend, job.frontend_kwargs = target.frontend, dict(target.frontend_kwargs)
+                if target.caveat and target.caveat not in caveats:
+                    caveats.append(target.caveat)
                 del target
             jobs.append(job)
             total += job.batch_size
@@ -890,6 +944,10 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
             "rescored": len(stage1),
             "reconstructed": len(todo) - len(stage1),
         }
+        if skipped_judges:
+            note("raw-waveform run: stage 2, speaker and content scoring do not apply")
+        for caveat in caveats:
+            note(f"note: {caveat}")
         note(
             f"audit of {len(jobs)} captures ({total} samples): {counts['reused']} done before, "
             f"{counts['rescored']} to re-score, {counts['reconstructed']} to reconstruct"
@@ -907,7 +965,11 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
         def finish(job: _Job, s1: _Stage1) -> None:
             nonlocal scorer
             if scored and scorer is None:
-                scorer = _Scorer(run_dir, out, settings, job.frontend, job.frontend_kwargs, note)
+                scorer = (
+                    _WaveScorer(run_dir, settings)
+                    if job.frontend == WAVEFORM
+                    else _Scorer(run_dir, out, settings, job.frontend, job.frontend_kwargs, note)
+                )
             rows = _score_capture(job, s1, settings, out, scorer)
             record = {
                 "capture": job.name,

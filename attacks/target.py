@@ -21,7 +21,20 @@ from torch import nn
 from fedspeech.capture import Capture, CaptureFormatError, capture_name
 from fedspeech.models import build_model
 
-__all__ = ["AttackTarget", "effective_steps", "target_from_capture"]
+__all__ = [
+    "WAVEFORM",
+    "AttackTarget",
+    "attack_mode",
+    "effective_steps",
+    "target_from_capture",
+]
+
+# The ``frontend`` recorded in captures of raw-waveform models (``--task sdd``).
+WAVEFORM = "waveform"
+# Standard deviation of a waveform restart's start. Clips are peak-normalised to 1 and speech
+# sits near 0.1 RMS, so a unit-variance start (right for log-Mel features) would be ten times
+# louder than any clip and put every sinc filter far from its operating range.
+WAVEFORM_INIT_STD = 0.1
 
 
 @dataclass
@@ -39,17 +52,22 @@ class AttackTarget:
     kind : str
         ``"gradient"`` (exact) or ``"update"`` (estimated from a weight difference).
     batch_size : int
-        Samples behind the gradient ``B``; reconstructed features are ``(B, F, T)``.
-    input_shape : tuple[int, int]
-        ``(F, T)``, the model's feature shape.
+        Samples behind the gradient ``B``; reconstructed inputs are ``(B, *input_shape)``.
+    input_shape : tuple[int, ...]
+        The model's input: ``(F, T)`` features, or ``(samples,)`` for a raw-waveform model.
     num_classes : int
         Output classes of the model.
     frontend : str
-        Front-end registry name (``"mel"`` or ``"mfcc"``) that produced the features.
+        Front-end registry name (``"mel"`` or ``"mfcc"``) that produced the features, or
+        ``"waveform"`` (:data:`WAVEFORM`) for a model on raw waveforms (stage 1 then recovers
+        the waveform itself and stage 2 is skipped).
     frontend_kwargs : dict
         Its settings.
     capture_id : str
         Name of the capture (for reports), e.g. ``r003_c0017``.
+    caveat : str
+        Empty when ``grads`` is the client's gradient exactly (a gradient capture, or one
+        plain SGD step); otherwise why it is only an estimate.
     """
 
     model: nn.Module
@@ -57,11 +75,43 @@ class AttackTarget:
     grads: dict[str, torch.Tensor]
     kind: str
     batch_size: int
-    input_shape: tuple[int, int] = (32, 32)
+    input_shape: tuple[int, ...] = (32, 32)
     num_classes: int = 10
     frontend: str = "mel"
     frontend_kwargs: dict[str, Any] = field(default_factory=dict)
     capture_id: str = ""
+    caveat: str = ""
+
+    @property
+    def waveform(self) -> bool:
+        """True for a raw-waveform model: the input is the waveform itself."""
+        return self.frontend == WAVEFORM
+
+    @property
+    def init_std(self) -> float:
+        """Standard deviation of the normal start of stage 1 (1 for features)."""
+        return WAVEFORM_INIT_STD if self.waveform else 1.0
+
+
+def attack_mode(model: nn.Module) -> nn.Module:
+    """Put ``model`` in the state the attacker evaluates it in, in place, and return it.
+
+    Batch normalisation uses the statistics of the batch being reconstructed, as it did in
+    the client's training-mode forward pass, without writing running statistics (which
+    would be in-place updates under ``torch.func`` transforms). Dropout is off: the masks
+    the client drew are unknown to the server, so the attacker matches the expected network
+    instead (an approximation only for models with dropout, e.g. AASIST).
+    """
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.track_running_stats = False
+            mod.running_mean = None
+            mod.running_var = None
+            mod.num_batches_tracked = None
+        elif isinstance(mod, nn.modules.dropout._DropoutNd):
+            mod.eval()
+    return model
 
 
 def effective_steps(steps: int, momentum: float = 0.0) -> float:
@@ -130,8 +180,8 @@ def _training_value(cap: Capture, cid: str, key: str, default: float | None = No
 
 def _update_to_gradient(
     cap: Capture, cid: str, names: list[str]
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Mean-gradient estimate and number of samples behind it, from a FedAvg update."""
+) -> tuple[dict[str, torch.Tensor], int, int]:
+    """Mean-gradient estimate, samples behind it and local steps, from a FedAvg update."""
     lr = _training_value(cap, cid, "lr")
     momentum = _training_value(cap, cid, "momentum", 0.0)
     local_steps = int(_training_value(cap, cid, "local_steps", 0))
@@ -151,7 +201,7 @@ def _update_to_gradient(
         steps = math.ceil(samples / batch) * epochs
     scale = lr * effective_steps(steps, momentum)
     grads = {n: (cap.global_weights[n].float() - cap.shared[n].float()) / scale for n in names}
-    return grads, samples
+    return grads, samples, steps
 
 
 def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
@@ -197,15 +247,26 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
     _check_fit(cid, cap.model, named, cap.shared, "shared param", frozenset(expected))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in cap.global_weights.items()})
     names = list(named)
+    caveat = ""
     if cap.kind == "gradient":
         grads = {n: cap.shared[n].detach().float().clone() for n in names}
         batch_size = cap.num_examples
     else:
-        grads, batch_size = _update_to_gradient(cap, cid, names)
+        grads, batch_size, steps = _update_to_gradient(cap, cid, names)
+        caveat = _update_caveat(cap, steps)
     if batch_size <= 0:
         raise CaptureFormatError(f"capture {cid} reports {cap.num_examples} examples")
-    shape = cap.model_kwargs.get("input_shape", (32, 32))
-    input_shape = (int(shape[0]), int(shape[1]))
+    if cap.frontend == WAVEFORM:
+        input_shape: tuple[int, ...] = (int(cap.model_kwargs.get("num_samples", 0)),)
+        if input_shape[0] <= 0:
+            raise CaptureFormatError(
+                f"capture {cid} is from a raw-waveform model but its model settings lack "
+                "num_samples"
+            )
+    else:
+        shape = cap.model_kwargs.get("input_shape", (32, 32))
+        input_shape = (int(shape[0]), int(shape[1]))
+    attack_mode(model)
     num_classes = int(cap.model_kwargs.get("num_classes", _out_features(names, named)))
     return AttackTarget(
         model=model,
@@ -218,7 +279,27 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         frontend=cap.frontend,
         frontend_kwargs=dict(cap.frontend_kwargs),
         capture_id=cid,
+        caveat=caveat,
     )
+
+
+def _update_caveat(cap: Capture, steps: int) -> str:
+    """Why the gradient estimated from an update is not exact ("" when it is)."""
+    optimizer = str(cap.training.get("optimizer", "sgd"))
+    if optimizer != "sgd":
+        return (
+            f"updates from the {optimizer} optimizer are not scaled gradients (Adam's first "
+            "step moves every weight by about lr * sign(gradient)); stage 1 matches them as if "
+            "they were"
+        )
+    if steps != 1:
+        return (
+            "updates of several local steps are treated as one averaged gradient (Geiping et "
+            "al.'s approximation)"
+        )
+    if float(cap.training.get("momentum", 0.0) or 0.0) != 0.0:
+        return "momentum is folded into the step count (approximate)"
+    return ""
 
 
 def _out_features(names: list[str], named: Mapping[str, torch.Tensor]) -> int:

@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="attack the captured clients (--capture-clients) after each round; "
         "leakage per round in metrics.json, accuracy.png and audit/",
     )
+    sim.add_argument(
+        "--no-dropout",
+        dest="dropout",
+        action="store_false",
+        default=None,
+        help="sdd: train AASIST without dropout (the audit's best case: the server can then "
+        "reproduce the client's network exactly)",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress output")
 
     data = sub.add_parser("data", help="datasets")
@@ -203,6 +211,7 @@ def _sim_config(args: argparse.Namespace) -> SimConfig:
         for flag, _, _ in _SIM_FLAGS
     }
     flags["audit"] = args.audit
+    flags["dropout"] = args.dropout
     cfg = cfg.updated(flags, "the command line")
     if args.quiet:
         cfg = cfg.updated({"progress": False})

@@ -58,10 +58,6 @@ KWS_ONLY = (
     "activation",
     "synth_speakers",
     "synth_takes",
-    # The audit attacks spectral-feature models only (not yet raw-waveform ones).
-    "audit",
-    "audit_iterations",
-    "audit_threads",
 )
 SDD_ONLY = (
     "augment",
@@ -72,6 +68,7 @@ SDD_ONLY = (
     "bonafide_root",
     "roga_rho",
     "roga_alpha",
+    "dropout",
 )
 
 
@@ -116,6 +113,7 @@ class SimConfig:
     bonafide_root: str | None = None
     roga_rho: float = 0.1
     roga_alpha: float = 2e-4
+    dropout: bool = True
     audit: bool = False
     audit_iterations: int = 8000
     audit_threads: int = 0

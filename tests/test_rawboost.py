@@ -122,8 +122,10 @@ def test_specaugment_masks_up_to_f_consecutive_bins() -> None:
     assert build_augmentation("specaugment:3:2").spec == "specaugment:3:2"
 
 
-@pytest.mark.parametrize("spec", ["mixup:2", "rawboost:9", "rawboost", "rawboost:x", "specaugment"])
+@pytest.mark.parametrize(
+    "spec", ["mixup:2", "rawboost:9", "rawboost", "rawboost:x", "specaugment", "none:1"]
+)
 def test_unknown_or_bad_spec(spec: str) -> None:
     with pytest.raises(ConfigError, match="rawboost:N"):
         build_augmentation(spec)
-    assert AUGMENTATIONS.names() == ["rawboost", "specaugment"]
+    assert AUGMENTATIONS.names() == ["none", "rawboost", "specaugment"]

@@ -49,15 +49,21 @@ def test_sdd_takes_its_task_defaults_unless_set() -> None:
 
 @pytest.mark.parametrize("key", KWS_ONLY)
 def test_kws_only_key_rejected_for_sdd(key: str) -> None:
-    valid = {"synth_speakers": 10, "synth_takes": 1, "audit_iterations": 10, "audit_threads": 1}
-    value: object = True if key == "audit" else valid.get(key, "mel")
+    valid = {"synth_speakers": 10, "synth_takes": 1}
+    value: object = valid.get(key, "mel")
     with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
         SimConfig.from_mapping({"task": "sdd", key: value})
 
 
 @pytest.mark.parametrize("key", SDD_ONLY)
 def test_sdd_only_key_rejected_for_kws(key: str) -> None:
-    value: object = {"clip_samples": 8000, "test_clips": 10, "roga_rho": 0.1, "roga_alpha": 0.1}
+    value: object = {
+        "clip_samples": 8000,
+        "test_clips": 10,
+        "roga_rho": 0.1,
+        "roga_alpha": 0.1,
+        "dropout": False,
+    }
     with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
         SimConfig.from_mapping({key: value.get(key, "x")})
 
@@ -103,11 +109,11 @@ def test_cli_kws_flag_with_sdd_is_one_line() -> None:
     assert_one_line_error(proc, "--frontend cannot be used with --task sdd")
 
 
-def test_audit_refuses_sdd_runs_in_one_line(tmp_path: Path) -> None:
+def test_audit_of_an_sdd_folder_without_captures_is_one_line(tmp_path: Path) -> None:
     cfg = SimConfig.from_mapping({"task": "sdd"})
     (tmp_path / "config.toml").write_text(cfg.to_toml())
     proc = run_cli("audit", str(tmp_path))
-    assert_one_line_error(proc, "--task sdd run", "raw-waveform")
+    assert_one_line_error(proc, "has no captures")
 
 
 # --- training step, no Flower ------------------------------------------------------------------
@@ -226,6 +232,7 @@ def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
         *("--clients", "2", "--fraction", "1", "--rounds", "2", "--local-steps", "1"),
         *("--batch-size", "4", "--clip-samples", "2400", "--test-clips", "0"),
         *("--alignment", "pcgrad", "--augment", "rawboost:2", "--capture-clients", "1"),
+        *("--audit", "--audit-iterations", "10", "--audit-threads", "1"),
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "fedspeech", "simulate", *args, "--out", str(run)],
@@ -245,6 +252,8 @@ def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
         assert len(r["clients"]) == 2
         mean = np.mean([c["conflict_rate"] for c in r["clients"]])
         assert r["conflict_rate"] == pytest.approx(mean)
+        # --audit: the round's captured update was attacked in the waveform domain.
+        assert {"w_mse", "stoi", "label_accuracy"} <= set(r["leakage"])
     assert set(metrics["final"]) >= {"eer", "eer_unseen"}
     assert metrics["final"]["eer"] == metrics["rounds"][-1]["eer"]
     assert (run / "eer.png").stat().st_size > 1000

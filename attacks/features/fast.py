@@ -77,7 +77,14 @@ class _Outcome:
 
 def _group_key(target: AttackTarget) -> tuple[Any, ...]:
     shapes = tuple((n, tuple(t.shape), t.dtype, str(t.device)) for n, t in target.params.items())
-    return (type(target.model), shapes, tuple(target.grads), target.batch_size, target.input_shape)
+    return (
+        type(target.model),
+        shapes,
+        tuple(target.grads),
+        target.batch_size,
+        target.input_shape,
+        target.frontend,
+    )
 
 
 def _same_params(targets: Sequence[AttackTarget]) -> bool:
@@ -159,6 +166,7 @@ class _Group:
             lin = {w: m for w, m in lin.items() if tap.calls[w] == 1}
             direct = [n for n in names if n not in lin]
         probe_shapes = dict(tap.out_shapes)
+        tv_dims = len(targets[0].input_shape)
 
         def matching(
             params: dict[str, torch.Tensor],
@@ -191,7 +199,7 @@ class _Group:
                 dd = dd + gg_w - 2 * gr_w + rr_w
                 gg, gr, rr = gg + gg_w, gr + gr_w, rr + rr_w
             d = dist.from_stats(GradStats(dd, gg, gr, rr))
-            return d + tv_weight * total_variation(u), d
+            return d + tv_weight * total_variation(u, tv_dims), d
 
         pdims: dict[str, int | None] = {n: None if self.shared else 0 for n in names}
         self.step_fn = vmap(
@@ -344,7 +352,7 @@ class _Settings:
 
 def _new_job(group: _Group, k: int, restart: int, seed: int) -> _Job:
     t = group.targets[k]
-    u = initial_features((t.batch_size, *t.input_shape), seed, restart, group.device)
+    u = initial_features((t.batch_size, *t.input_shape), seed, restart, group.device, t.init_std)
     return _Job(target=k, restart=restart, u=u, m=torch.zeros_like(u), v=torch.zeros_like(u))
 
 

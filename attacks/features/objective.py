@@ -127,7 +127,7 @@ DISTANCES.register("l2")(GradientDistance(l2_distance, _l2_from_stats))
 DISTANCES.register("cosine")(GradientDistance(cosine_distance, _cosine_from_stats))
 
 
-def total_variation(u: torch.Tensor) -> torch.Tensor:
+def total_variation(u: torch.Tensor, dims: int = 2) -> torch.Tensor:
     """Anisotropic total variation, summed: ``sum |u[f+1,t] - u[f,t]| + |u[f,t+1] - u[f,t]|``.
 
     A sum (not a mean) over all samples and entries, so with the study's weight 1e-3 a
@@ -136,29 +136,42 @@ def total_variation(u: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     u : torch.Tensor
-        ``(..., F, T)`` features.
+        ``(..., F, T)`` features, or ``(..., T)`` waveforms with ``dims=1``.
+    dims : int
+        Trailing dimensions that are signal axes: 2 for features, 1 for a waveform (only
+        differences in time).
 
     Examples
     --------
     >>> import torch
     >>> float(total_variation(torch.tensor([[0.0, 1.0], [0.0, 3.0]])))  # (0 + 2) + (1 + 3)
     6.0
+    >>> float(total_variation(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), dims=1))  # 1 + 3
+    4.0
     """
+    dh = (u[..., 1:] - u[..., :-1]).abs().sum()
+    if dims == 1:
+        return dh
     dv = (u[..., 1:, :] - u[..., :-1, :]).abs().sum()
-    dh = (u[..., :, 1:] - u[..., :, :-1]).abs().sum()
     return dv + dh
 
 
 def initial_features(
-    shape: tuple[int, ...], seed: int, restart: int, device: torch.device | str = "cpu"
+    shape: tuple[int, ...],
+    seed: int,
+    restart: int,
+    device: torch.device | str = "cpu",
+    std: float = 1.0,
 ) -> torch.Tensor:
-    """Standard-normal start of restart ``restart``; the same for every target and loop.
+    """Normal start of restart ``restart``; the same for every target and loop.
 
     Drawn on the CPU from a generator seeded by ``(seed, restart)`` so that the plain and
     the batched loop, and one target alone or among others, start from the same point.
+    ``std`` is 1 for features (the study's standard-normal start) and smaller for waveforms
+    (:attr:`attacks.target.AttackTarget.init_std`).
     """
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(restart))
-    return torch.randn(shape, generator=gen).to(device)
+    return (torch.randn(shape, generator=gen) * std).to(device)
 
 
 @dataclass
@@ -168,7 +181,7 @@ class Reconstruction:
     Attributes
     ----------
     features : torch.Tensor
-        ``(B, F, T)`` recovered features (CPU).
+        ``(B, F, T)`` recovered features, or ``(B, samples)`` waveforms (CPU).
     labels : torch.Tensor
         ``(B,)`` labels the features were matched with.
     matching_loss : float

@@ -36,7 +36,7 @@ def reconstruct_plain(
     distance: str = "l2",
     seed: int = 0,
 ) -> Reconstruction:
-    """Recover the features ``(B, F, T)`` behind ``target``'s gradient (the baseline).
+    """Recover the input ``(B, *input_shape)`` behind ``target``'s gradient (the baseline).
 
     Parameters
     ----------
@@ -77,6 +77,7 @@ def reconstruct_plain(
     ref = [target.grads[n].to(device) for n in names]
     y = labels.to(device=device, dtype=torch.long)
     shape = (target.batch_size, *target.input_shape)
+    tv_dims = len(target.input_shape)
 
     def matching(u: torch.Tensor, create_graph: bool) -> torch.Tensor:
         loss = F.cross_entropy(model(u), y)
@@ -86,11 +87,11 @@ def reconstruct_plain(
     best_u: torch.Tensor | None = None
     best_loss = float("inf")
     for restart in range(restarts):
-        u = initial_features(shape, seed, restart, device).requires_grad_(True)
+        u = initial_features(shape, seed, restart, device, target.init_std).requires_grad_(True)
         opt = torch.optim.Adam([u], lr=lr)
         for _ in range(iterations):
             opt.zero_grad(set_to_none=True)
-            obj = matching(u, True) + tv_weight * total_variation(u)
+            obj = matching(u, True) + tv_weight * total_variation(u, tv_dims)
             (grad_u,) = torch.autograd.grad(obj, [u])
             u.grad = grad_u
             opt.step()

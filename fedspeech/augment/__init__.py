@@ -4,6 +4,9 @@
   :mod:`fedspeech.augment.rawboost`.
 * ``specaugment:F`` or ``specaugment:F:M`` -- SpecAugment frequency masking of up to ``F``
   bins, ``M`` masks (default 1), on ``(B, F, T)`` features (Park et al., 2019).
+* ``none`` -- the identity on waveforms: the second path sees the clean batch again, so
+  dual-path training reduces to plain training (an ablation, and the setting in which a
+  shared update is exactly a clean-data gradient for the privacy audit).
 
 Every augmentation is callable on one numpy example, ``aug(x, rng)``, and has
 ``aug.batch(tensor, rng)`` for a batch; ``aug.domain`` is ``"wave"`` or ``"features"``.
@@ -44,7 +47,7 @@ __all__ = [
     "rawboost",
 ]
 
-_KNOWN = "rawboost:N (N = 1-8), specaugment:F[:M] (F = max width, M = masks)"
+_KNOWN = "rawboost:N (N = 1-8), specaugment:F[:M] (F = max width, M = masks), none"
 
 
 @runtime_checkable
@@ -78,7 +81,36 @@ def _specaugment(args: list[str]) -> Augmentation:
     return FrequencyMask(*(int(a) for a in args))
 
 
+class Identity:
+    """The ``none`` augmentation: returns its input unchanged (waveform domain).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Identity()(np.ones(3), np.random.default_rng(0)).tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    domain = "wave"
+    spec = "none"
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, /) -> np.ndarray:
+        """``x`` itself."""
+        return x
+
+    def batch(self, x: torch.Tensor, rng: np.random.Generator, /) -> torch.Tensor:
+        """``x`` itself."""
+        return x
+
+
+def _identity(args: list[str]) -> Augmentation:
+    if args:
+        raise ValueError
+    return Identity()
+
+
 AUGMENTATIONS: Registry[Callable[[list[str]], Augmentation]] = Registry("augmentation")
+AUGMENTATIONS.register("none")(_identity)
 AUGMENTATIONS.register("rawboost")(_rawboost)
 AUGMENTATIONS.register("specaugment")(_specaugment)
 

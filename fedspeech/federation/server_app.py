@@ -35,7 +35,13 @@ WAVEFORM = "waveform"
 def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:
     """Keyword arguments that rebuild the run's model (stored in every capture)."""
     if cfg.task == "sdd":
-        return {"num_classes": len(data.classes), "num_samples": int(data.input_shape[-1])}
+        kwargs: dict[str, Any] = {
+            "num_classes": len(data.classes),
+            "num_samples": int(data.input_shape[-1]),
+        }
+        if not cfg.dropout:  # only when off, so captures of default runs stay as they were
+            kwargs["dropout"] = False
+        return kwargs
     return {
         "num_classes": len(data.classes),
         "input_shape": list(data.input_shape),

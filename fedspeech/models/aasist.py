@@ -65,6 +65,11 @@ class AasistConfig:
         Softmax temperatures of GAT-S, GAT-T, the first and the second HS-GAL of a branch.
     sample_rate : int
         Sampling rate the sinc filters are designed for.
+    dropout : bool
+        True (the reference) keeps every dropout layer; False sets their rates to 0. Dropout
+        masks are drawn on the client and never shared, so a server attacking a shared
+        gradient cannot reproduce the network the gradient came from; without dropout it can
+        (used to measure the gradient-inversion audit's best case, ``--no-dropout``).
     """
 
     first_conv: int = 128
@@ -73,6 +78,7 @@ class AasistConfig:
     pool_ratios: tuple[float, ...] = (0.5, 0.7, 0.5, 0.5)
     temperatures: tuple[float, ...] = (2.0, 2.0, 100.0, 100.0)
     sample_rate: int = 16000
+    dropout: bool = True
 
     def updated(self, overrides: Mapping[str, Any]) -> AasistConfig:
         """A copy with ``overrides`` applied; unknown keys raise :class:`ConfigError`."""
@@ -341,7 +347,7 @@ class AASIST(nn.Module):
         length of at least :attr:`min_samples`.
     **overrides
         Fields of :class:`AasistConfig` (``filts``, ``gat_dims``, ``pool_ratios``,
-        ``temperatures``, ``first_conv``, ``sample_rate``).
+        ``temperatures``, ``first_conv``, ``sample_rate``, ``dropout``).
 
     Examples
     --------
@@ -392,6 +398,10 @@ class AASIST(nn.Module):
         self.drop_way = nn.Dropout(0.2)
         self.drop = nn.Dropout(0.5)
         self.out_layer = nn.Linear(5 * gat2, num_classes)
+        if not cfg.dropout:
+            for mod in self.modules():
+                if isinstance(mod, nn.Dropout):
+                    mod.p = 0.0
 
         if num_samples < self.min_samples:
             raise ConfigError(
