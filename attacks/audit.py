@@ -83,6 +83,9 @@ class AuditSettings:
     iterations, restarts, lr, tv_weight, distance
         Stage 1 (:func:`attacks.features.reconstruct`): step cap per restart, restarts,
         Adam step size, total-variation weight, gradient distance ("l2" or "cosine").
+    lr_start : float or None
+        None (the study's constant step size) or a larger first step size, decreased at
+        plateaus down to ``lr`` (faster; see :func:`attacks.features.reconstruct`).
     griffin_lim_iters : int
         Stage 2 Griffin-Lim iterations.
     label_method : str
@@ -119,6 +122,7 @@ class AuditSettings:
     iterations: int = 8000
     restarts: int = 2
     lr: float = 0.01
+    lr_start: float | None = None
     tv_weight: float = 1e-3
     distance: str = "l2"
     griffin_lim_iters: int = 32
@@ -163,6 +167,8 @@ class AuditSettings:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.lr_start is not None and not self.lr_start >= self.lr:
+            raise ConfigError(f"--lr-start must be at least --lr ({self.lr}), got {self.lr_start}")
         if self.tv_weight < 0:
             raise ConfigError(f"--tv-weight must not be negative, got {self.tv_weight}")
         DISTANCES.get(self.distance)
@@ -176,7 +182,10 @@ class AuditSettings:
     def stage1_key(self) -> dict[str, Any]:
         """The settings a stage-1 reconstruction depends on."""
         keys = ("iterations", "restarts", "lr", "tv_weight", "distance", "label_method", "seed")
-        return {"version": _CACHE_VERSION, **{k: getattr(self, k) for k in keys}}
+        key = {"version": _CACHE_VERSION, **{k: getattr(self, k) for k in keys}}
+        if self.lr_start is not None:  # absent by default, so older caches stay valid
+            key["lr_start"] = self.lr_start
+        return key
 
     def scoring_key(self, scored: bool) -> dict[str, Any]:
         """The settings a capture's scored rows depend on (stage 1's included)."""
@@ -338,6 +347,7 @@ def _reconstruct_kwargs(settings: AuditSettings) -> dict[str, Any]:
         "iterations": settings.iterations,
         "restarts": settings.restarts,
         "lr": settings.lr,
+        "lr_start": settings.lr_start,
         "tv_weight": settings.tv_weight,
         "distance": settings.distance,
         "seed": settings.seed,

@@ -9,11 +9,15 @@ the numbers are read from ``RUN/audit/leakage.csv`` (one row per reconstructed s
   one row per run (e.g. Mel and MFCC).
 * ``table3`` -- their Table 3: speaker re-identification (and, ours, content) rates.
 * ``sweep`` -- leakage per run and per audited round (batch size and training round).
+* ``waveform`` -- the audit of raw-waveform (``--task sdd``) runs, beside a random guess:
+  the stage-1 start (normal noise of the attack's start scale) scored against the same
+  originals with the same metrics.
 
 Usage::
 
     python experiments/tables.py table2 runs/leak-mel runs/leak-mfcc
     python experiments/tables.py sweep runs/leak-b1 runs/leak-b2 runs/leak-b4 runs/leak-b8
+    python experiments/tables.py waveform runs/leakage-sdd/dropout runs/leakage-sdd/no-dropout
 """
 
 from __future__ import annotations
@@ -172,10 +176,52 @@ def sweep(runs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
+def random_guess(run: Path, rows: Sequence[Row]) -> dict[str, str]:
+    """Mean F-MSE, PESQ-NB and STOI of seeded start noise against the audited originals."""
+    import numpy as np
+    import soundfile as sf
+
+    from attacks.scoring import METRICS
+    from attacks.target import WAVEFORM_INIT_STD
+
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {"f_mse": [], "pesq_nb": [], "stoi": []}
+    for r in rows:
+        original, _ = sf.read(run / "audit" / "wav" / f"{r['capture']}_{r['index']}_original.wav")
+        noise = WAVEFORM_INIT_STD * rng.standard_normal(original.shape)
+        scores["f_mse"].append(float(np.mean((noise - original) ** 2)))
+        for name in ("pesq_nb", "stoi"):
+            scores[name].append(float(METRICS.get(name)(original, noise)))
+    return {
+        k: cell([{k: str(x)} for x in v], k, ".1e" if k == "f_mse" else ".2f")
+        for k, v in scores.items()
+    }
+
+
+def waveform(runs: Sequence[Path]) -> str:
+    head = (
+        "| model | dropout | n | stage-1 budget | label acc. | F-MSE (waveform) | PESQ-NB | STOI "
+        "| random guess: F-MSE | PESQ-NB | STOI |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for run in runs:
+        cfg, rows = read_run(run)
+        guess = random_guess(run, rows)
+        lines.append(
+            f"| {cfg['model']} | {'on' if cfg.get('dropout', True) else 'off'} | {len(rows)} "
+            f"| {budget(run)} | {mean(rows, 'label_correct'):.2f} | {cell(rows, 'f_mse', '.1e')} "
+            f"| {cell(rows, 'pesq_nb')} | {cell(rows, 'stoi')} | {guess['f_mse']} "
+            f"| {guess['pesq_nb']} | {guess['stoi']} |"
+        )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Sequence[Path]], str]] = {
     "table2": table2,
     "table3": table3,
     "sweep": sweep,
+    "waveform": waveform,
 }
 
 

@@ -134,6 +134,13 @@ def _add_audit_parser(sub: Any) -> None:
     aud.add_argument("--iterations", type=int, default=8000, help="stage-1 steps per restart")
     aud.add_argument("--restarts", type=int, default=2, help="stage-1 restarts")
     aud.add_argument("--lr", type=float, default=0.01, help="stage-1 Adam step size")
+    aud.add_argument(
+        "--lr-start",
+        type=float,
+        default=None,
+        help="start each restart at this larger step size, divided by 3.3 at each plateau "
+        "down to --lr (faster than the study's constant step; e.g. 0.1)",
+    )
     aud.add_argument("--distance", choices=["l2", "cosine"], default="l2", help="gradient distance")
     aud.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
     aud.add_argument(
@@ -173,6 +180,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         iterations=args.iterations,
         restarts=args.restarts,
         lr=args.lr,
+        lr_start=args.lr_start,
         tv_weight=args.tv_weight,
         distance=args.distance,
         griffin_lim_iters=args.griffin_lim_iters,

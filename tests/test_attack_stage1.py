@@ -264,3 +264,21 @@ def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
         reconstruct([target], [y], distance="l1")
     with pytest.raises(ConfigError, match="expected \\(1,\\)"):
         reconstruct([target], [torch.tensor([0, 1])])
+
+
+def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
+    x = speech_like(1, 6)
+    target = make_target(model, x, torch.tensor([3]))
+    labels = [recover_labels(target)]
+    opts = {"iterations": 3000, "restarts": 1, "patience": 100, "decay_patience": 50}
+    (const,) = reconstruct([target], labels, **opts)
+    (sched,) = reconstruct([target], labels, lr_start=0.1, **opts)
+    # The constant step runs out its patience at the study's 0.01 as well, so the schedule
+    # only wins if its larger first steps reach the plateau sooner.
+    assert sched.iterations < 0.7 * const.iterations, (sched.iterations, const.iterations)
+    assert sched.matching_loss <= 2 * const.matching_loss
+    assert mse(sched.features, x) <= 2 * mse(const.features, x)
+    with pytest.raises(ConfigError, match="lr_start at least lr"):
+        reconstruct([target], labels, lr_start=0.001)
+    with pytest.raises(ConfigError, match="lr_decay in"):
+        reconstruct([target], labels, lr_start=0.1, lr_decay=1.5)

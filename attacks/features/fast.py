@@ -6,6 +6,10 @@ Same objective, optimiser, starts and restarts as :func:`attacks.features.recons
 * a restart stops once the matching loss has plateaued (its best value improved by less
   than a relative ``tol`` in the last ``patience`` steps) or fell below ``floor`` times
   the loss of a zero gradient, or at ``iterations``;
+* optionally (``lr_start``, not the study's), a restart starts with a larger Adam step and
+  divides it by ``1 / lr_decay`` at each plateau (``decay_patience`` steps without a relative
+  ``tol`` improvement) until it reaches ``lr``, where the plateau rule above stops it: the
+  features travel their first, long way ten times faster, then settle at the study's step;
 * a target whose restart reached a near-zero matching loss (below ``skip_below`` times
   the zero-gradient loss) runs no further restarts;
 * independent targets (same architecture, input shape and batch size; any global
@@ -58,6 +62,7 @@ class _Job:
     u: torch.Tensor
     m: torch.Tensor
     v: torch.Tensor
+    lr: float
     steps: int = 0
     best_u: torch.Tensor | None = None
     best_loss: float = float("inf")
@@ -244,6 +249,9 @@ def reconstruct(
     max_batch: int = 16,
     factored: bool = True,
     check_every: int = 10,
+    lr_start: float | None = None,
+    lr_decay: float = 0.3,
+    decay_patience: int = 150,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Reconstruction]:
@@ -274,6 +282,14 @@ def reconstruct(
         passes over large weights; see ``_Tap``). False computes every gradient in full.
     check_every : int
         Steps between convergence checks (each check synchronises with the device).
+    lr_start : float, optional
+        Adam step size each restart starts with; None (the study's constant step) uses
+        ``lr`` throughout. When larger than ``lr``, the step is multiplied by ``lr_decay``
+        after ``decay_patience`` steps without a relative ``tol`` improvement, down to ``lr``.
+    lr_decay : float
+        Factor in (0, 1) applied to the step size at each such plateau.
+    decay_patience : int
+        Steps without improvement before the step size is decreased.
     progress : callable, optional
         Called as ``progress(finished_targets, total_targets)`` after each target.
 
@@ -287,6 +303,10 @@ def reconstruct(
         raise ConfigError(f"got {len(targets)} targets but {len(labels)} label tensors")
     if iterations < 1 or restarts < 1 or max_batch < 1 or patience < 1 or check_every < 1:
         raise ConfigError("iterations, restarts, patience, max_batch and check_every must be >= 1")
+    if decay_patience < 1 or not 0.0 < lr_decay < 1.0:
+        raise ConfigError("decay_patience must be >= 1 and lr_decay in (0, 1)")
+    if not lr > 0 or (lr_start is not None and not lr_start >= lr):
+        raise ConfigError(f"lr must be positive and lr_start at least lr, got {lr}, {lr_start}")
     for t, y in zip(targets, labels, strict=True):
         if tuple(y.shape) != (t.batch_size,):
             raise ConfigError(
@@ -308,7 +328,19 @@ def reconstruct(
             progress(finished, len(targets))
 
     settings = _Settings(
-        iterations, restarts, lr, tol, patience, floor, skip_below, max_batch, check_every, seed
+        iterations,
+        restarts,
+        lr,
+        lr if lr_start is None else lr_start,
+        lr_decay,
+        decay_patience,
+        tol,
+        patience,
+        floor,
+        skip_below,
+        max_batch,
+        check_every,
+        seed,
     )
     for members in groups.values():
         start = time.perf_counter()
@@ -341,6 +373,9 @@ class _Settings:
     iterations: int
     restarts: int
     lr: float
+    lr_start: float
+    lr_decay: float
+    decay_patience: int
     tol: float
     patience: int
     floor: float
@@ -350,10 +385,12 @@ class _Settings:
     seed: int
 
 
-def _new_job(group: _Group, k: int, restart: int, seed: int) -> _Job:
+def _new_job(group: _Group, k: int, restart: int, s: _Settings) -> _Job:
     t = group.targets[k]
-    u = initial_features((t.batch_size, *t.input_shape), seed, restart, group.device, t.init_std)
-    return _Job(target=k, restart=restart, u=u, m=torch.zeros_like(u), v=torch.zeros_like(u))
+    u = initial_features((t.batch_size, *t.input_shape), s.seed, restart, group.device, t.init_std)
+    return _Job(
+        target=k, restart=restart, u=u, m=torch.zeros_like(u), v=torch.zeros_like(u), lr=s.lr_start
+    )
 
 
 def _run_group(
@@ -364,7 +401,7 @@ def _run_group(
     report: Callable[[int], None],
 ) -> None:
     """Optimise every restart of ``group`` with continuous batching."""
-    queue = [_new_job(group, k, 0, s.seed) for k in range(len(group.targets))]
+    queue = [_new_job(group, k, 0, s) for k in range(len(group.targets))]
     active: list[_Job] = []
     while queue or active:
         while queue and len(active) < s.max_batch:
@@ -394,7 +431,7 @@ def _retire(
         out.features, out.loss = job.best_u, job.best_loss
     near_zero = out.loss <= s.skip_below * group.scale[job.target]
     if job.restart + 1 < s.restarts and not near_zero:
-        queue.append(_new_job(group, job.target, job.restart + 1, s.seed))
+        queue.append(_new_job(group, job.target, job.restart + 1, s))
         return False
     return True
 
@@ -414,6 +451,9 @@ def _optimise(group: _Group, s: _Settings, jobs: list[_Job]) -> set[_Job]:
     mark = best.clone()
     mark_step = steps.clone()
     scale = torch.tensor([group.scale[j.target] for j in jobs], device=dev, dtype=torch.float64)
+    lr = torch.tensor([j.lr for j in jobs], device=dev, dtype=torch.float64)
+    # A hair above lr: "at the final step size" despite rounding in the products.
+    final_lr = s.lr * (1 + 1e-9)
     cap = float(s.iterations)
     view = (n,) + (1,) * (u.dim() - 1)
     done: set[_Job] = set()
@@ -433,20 +473,27 @@ def _optimise(group: _Group, s: _Settings, jobs: list[_Job]) -> set[_Job]:
             v = _BETA2 * v + (1 - _BETA2) * g_u.square()
             c1 = (1 - _BETA1**steps).view(view).to(u.dtype)
             c2 = (1 - _BETA2**steps).view(view).to(u.dtype)
-            u = u - (s.lr / c1) * m / (v.sqrt() / c2.sqrt() + _EPS)
+            u = u - (lr.view(view).to(u.dtype) / c1) * m / (v.sqrt() / c2.sqrt() + _EPS)
             if bool((steps >= cap).any()):
                 break
+        if s.lr_start > s.lr:
+            decay = (lr > final_lr) & (steps - mark_step >= s.decay_patience)
+            lr = torch.where(decay, (lr * s.lr_decay).clamp(min=s.lr), lr)
+            # Improvement is counted afresh at the new step size.
+            mark = torch.where(decay, best, mark)
+            mark_step = torch.where(decay, steps, mark_step)
         stop = (
             (steps >= cap)
-            | (steps - mark_step >= s.patience)
+            | ((steps - mark_step >= s.patience) & (lr <= final_lr))
             | (best <= s.floor * scale)
             | ~torch.isfinite(best)
         )
         for i in torch.nonzero(stop).flatten().tolist():
             done.add(jobs[i])
     best_l = best.tolist()
+    lr_l = lr.tolist()
     for i, job in enumerate(jobs):
-        job.u, job.m, job.v = u[i], m[i], v[i]
+        job.u, job.m, job.v, job.lr = u[i], m[i], v[i], lr_l[i]
         job.steps = int(steps[i])
         job.best_u, job.best_loss = best_u[i], best_l[i]
     return done
