@@ -9,12 +9,23 @@ named by ``--alignment``:
   augmented, and the two gradients are combined by a torchjd aggregator
   (:mod:`fedspeech.training.dual_path`);
 * ``roga``: RoGA (Qiu et al., ICME 2025, arXiv:2505.20653; :mod:`fedspeech.training.roga`)
-  with the two paths as its domains: the batch ``[x; augment(x)]`` with domain 0 for the clean
-  half and 1 for the augmented half, so RoGA's per-domain ascent and alignment act on exactly
-  the two gradients DPDA aligns, and its conflict statistic is the same cosine.
+  on the batch ``[x; augment(x)]`` of ``2B`` clips, with the domains ``--roga-domains`` names:
 
-Either way a step records ``cos(g_clean, g_aug)`` at the pre-step weights; the client reports
-the fraction of steps where it is negative (``conflict_rate``).
+  - ``attack`` (default): each clip's attack id (spoofing method), bona fide clips forming
+    their own domain; the augmented copy of a clip stays in its clip's domain
+    (domains ``[d; d]``), so each domain's ascent and alignment see it clean and augmented,
+    and the augmentation is not a domain of its own;
+  - ``speaker``: each clip's speaker, likewise ``[d; d]`` (with ``--partition speaker`` a
+    client holds few speakers, so a batch often has a single domain: RoGA is then SAM with
+    the alignment term on the whole batch);
+  - ``path``: domain 0 for the clean half and 1 for the augmented half, so RoGA's ascent
+    and alignment act on exactly the two gradients DPDA aligns (the behaviour before the
+    option existed).
+
+Whatever the domains, a step records ``cos(g_clean, g_aug)`` at the pre-step weights (with
+RoGA, from its per-domain passes at ``θ``: one extra backward per domain in ``attack`` and
+``speaker`` modes); the client reports the fraction of steps where it is negative
+(``conflict_rate``).
 
 :func:`score_clips` and :func:`sdd_scores` give the server's side: bona fide scores of the
 global model and the EER on seen and unseen attacks (:func:`fedspeech.metrics.sdd.eer`).
@@ -32,8 +43,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedspeech.augment import Augmentation, build_augmentation
-from fedspeech.config import ROGA
+from fedspeech.config import ROGA, ROGA_DOMAINS
+from fedspeech.errors import ConfigError
 from fedspeech.metrics.sdd import eer
+from fedspeech.prepare import open_domains
 from fedspeech.training.dual_path import build_optimizer, train_dual_path, trainable_parameters
 from fedspeech.training.local import predict
 from fedspeech.training.roga import RoGA
@@ -73,6 +86,35 @@ def augment_fn(aug: Augmentation, rng: np.random.Generator) -> Callable[[Tensor]
     return run
 
 
+def select_roga_domains(kind: str, features_path: str) -> np.ndarray | None:
+    """The ``roga_domains`` argument of :func:`train_sdd` for ``--roga-domains kind``.
+
+    Parameters
+    ----------
+    kind : str
+        ``attack``, ``speaker`` or ``path``.
+    features_path : str
+        The run's ``data/features.npy``; the domain ids are read from beside it.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(N,)`` int64 domain id of every clip of the run, or ``None`` for ``path``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``kind``.
+    DataError
+        The run was prepared without that kind's ids.
+    """
+    if kind not in ROGA_DOMAINS:
+        raise ConfigError(f"unknown --roga-domains {kind!r}; known: {', '.join(ROGA_DOMAINS)}")
+    if kind == "path":
+        return None
+    return open_domains(features_path, kind)
+
+
 def train_sdd(
     model: nn.Module,
     waveforms: np.ndarray,
@@ -86,6 +128,7 @@ def train_sdd(
     seed: int | Sequence[int] = 0,
     roga_rho: float = 0.1,
     roga_alpha: float = 2e-4,
+    roga_domains: np.ndarray | None = None,
 ) -> SddResult:
     """Run one client's local training over ``batches``, in place on ``model``.
 
@@ -111,6 +154,11 @@ def train_sdd(
         Seeds the augmentation's randomness (e.g. ``(seed, round, client)``).
     roga_rho, roga_alpha : float
         RoGA's ascent radius and alignment weight (``alignment="roga"`` only).
+    roga_domains : np.ndarray, optional
+        ``(N,)`` integer RoGA domain of each clip (attack or speaker id, e.g. from
+        :func:`fedspeech.prepare.open_domains`); the batch ``[x; augment(x)]`` gets
+        ``[d; d]``. ``None``: the clean and augmented paths are the two domains
+        (``--roga-domains path``). ``alignment="roga"`` only.
 
     Returns
     -------
@@ -137,6 +185,8 @@ def train_sdd(
             conflict_rate=res.conflict_rate,
             mean_cosine=res.mean_cosine,
         )
+    if roga_domains is not None and roga_domains.shape != labels.shape:
+        raise ValueError(f"roga_domains {roga_domains.shape} must match labels {labels.shape}")
     opt = build_optimizer(optimizer, trainable_parameters(model), lr=lr)
     roga = RoGA(model, opt, rho=roga_rho, alpha=roga_alpha, loss_fn=F.cross_entropy)
     model.train()
@@ -148,7 +198,13 @@ def train_sdd(
         with torch.no_grad():
             x_aug = run_aug(x)
         paths = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
-        stats = roga.step(torch.cat([x, x_aug]), torch.cat([y, y]), paths)
+        if roga_domains is None:
+            domains = paths
+        else:
+            d = torch.from_numpy(np.ascontiguousarray(roga_domains[batch])).long()
+            domains = torch.cat([d, d])
+        # groups=paths: the conflict statistic stays cos(g_clean, g_aug) whatever the domains.
+        stats = roga.step(torch.cat([x, x_aug]), torch.cat([y, y]), domains, groups=paths)
         total += stats.loss * len(batch)
         seen += len(batch)
         conflicts += stats.conflict
@@ -210,5 +266,6 @@ __all__ = [
     "bona_fide_scores",
     "score_clips",
     "sdd_scores",
+    "select_roga_domains",
     "train_sdd",
 ]
