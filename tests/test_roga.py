@@ -83,18 +83,17 @@ def test_single_domain_has_no_cosine() -> None:
     assert stats.num_domains == 1 and math.isnan(stats.cosine) and not stats.conflict
 
 
-def _attack_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _attack_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``[x; x + noise]`` of 12 clips whose attack ids are 0, 2 and 5, as ``train_sdd`` makes.
 
-    Returns inputs ``(24, 6)``, labels, domains ``[d; d]`` and paths ``[0…; 1…]``, all ``(24,)``.
+    Returns inputs ``(24, 6)``, labels and domains ``[d; d]``, both ``(24,)``.
     """
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(12, 6, generator=gen)
     y = torch.randint(0, 3, (12,), generator=gen)
     d = torch.tensor([0, 2, 5, 0, 0, 2, 5, 5, 0, 2, 0, 0])
     x_aug = x + 0.3 * torch.randn(12, 6, generator=gen)
-    paths = torch.cat([torch.zeros(12, dtype=torch.int64), torch.ones(12, dtype=torch.int64)])
-    return torch.cat([x, x_aug]), torch.cat([y, y]), torch.cat([d, d]), paths
+    return torch.cat([x, x_aug]), torch.cat([y, y]), torch.cat([d, d])
 
 
 def _flat_grad_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,61 +102,40 @@ def _flat_grad_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 @pytest.mark.parametrize("mode", ["fd", "exact"])
-def test_one_ascent_per_attack_domain_and_path_cosine(mode: Mode) -> None:
+def test_one_ascent_per_attack_domain(mode: Mode) -> None:
     model = _mlp()
-    x, y, domains, paths = _attack_batch()
+    x, y, domains = _attack_batch()
     calls: list[int] = []
     model.register_forward_hook(lambda _m, inp, _out: calls.append(len(inp[0])))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     ref = copy.deepcopy(model)
     before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
-    stats = RoGA(model, opt, rho=0.05, alpha=0.05, mode=mode).step(x, y, domains, paths)
+    stats = RoGA(model, opt, rho=0.05, alpha=0.05, mode=mode).step(x, y, domains)
     delta = before - torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     # Three attacks present: one pass at θ and one at the ascent point for each, over the
     # domain's clean and augmented clips together (2 × 6, 2 × 3, 2 × 3 examples).
     assert stats.num_domains == 3
     assert sorted(calls) == [6, 6, 6, 6, 12, 12]
-    # The conflict statistic compares the clean and augmented halves, not the attacks.
-    g_clean, g_aug = _flat_grad_of(ref, x[:12], y[:12]), _flat_grad_of(ref, x[12:], y[12:])
-    direct = float(g_clean @ g_aug / (g_clean.norm() * g_aug.norm()))
-    assert stats.cosine == pytest.approx(direct, abs=1e-5)
+    # The step itself, computed directly: Σ_i (n_i/B) [g_i⁺ − λ_i (g_i⁺ − g_i)] in fd mode,
+    # the exact alignment gradient being within a few per cent of it (see above).
+    expected = torch.zeros_like(before)
+    for k in (0, 2, 5):
+        sel = domains == k
+        g = _flat_grad_of(ref, x[sel], y[sel])
+        shifted = copy.deepcopy(ref)
+        with torch.no_grad():
+            offset = 0
+            for p in shifted.parameters():
+                n = p.numel()
+                p.add_(0.05 * g[offset : offset + n].view(p.shape) / g.norm())
+                offset += n
+        g_plus = _flat_grad_of(shifted, x[sel], y[sel])
+        lam = 2 * 0.05 * float(g.norm()) / 0.05
+        expected += float(sel.float().mean()) * (g_plus - lam * (g_plus - g))
     if mode == "fd":
-        # The step itself, computed directly: Σ_i (n_i/B) [g_i⁺ − λ_i (g_i⁺ − g_i)].
-        expected = torch.zeros_like(before)
-        for k in (0, 2, 5):
-            sel = domains == k
-            g = _flat_grad_of(ref, x[sel], y[sel])
-            shifted = copy.deepcopy(ref)
-            with torch.no_grad():
-                offset = 0
-                for p in shifted.parameters():
-                    n = p.numel()
-                    p.add_(0.05 * g[offset : offset + n].view(p.shape) / g.norm())
-                    offset += n
-            g_plus = _flat_grad_of(shifted, x[sel], y[sel])
-            lam = 2 * 0.05 * float(g.norm()) / 0.05
-            expected += float(sel.float().mean()) * (g_plus - lam * (g_plus - g))
         torch.testing.assert_close(delta, expected, atol=1e-6, rtol=1e-4)
-
-
-def test_groups_equal_to_domains_change_nothing() -> None:
-    x, y, domains = _batch()
-    plain, s_plain = _update(_mlp())
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
-    stats = RoGA(model, opt).step(x, y, domains, groups=domains.clone())
-    after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    assert torch.equal(before - after, plain)
-    assert stats == s_plain
-
-
-def test_groups_must_match_the_batch() -> None:
-    x, y, domains = _batch()
-    model = _mlp()
-    roga = RoGA(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(ValueError, match="groups"):
-        roga.step(x, y, domains, groups=domains[:-1])
+    else:
+        assert float((delta - expected).norm() / expected.norm()) < 0.05
 
 
 def _bn_model() -> nn.Sequential:

@@ -42,15 +42,10 @@ statistics; their running statistics are updated by the passes at ``θ`` only (f
 the perturbed passes), and domains with a single example are merged into the largest domain
 when the model has batch-norm layers (a one-example batch cannot be normalised).
 
-Conflict statistic: ``cosine`` is the smallest pairwise cosine between the ERM gradients at
-``θ`` of the batch's *groups* (NaN when fewer than two groups are present); a step conflicts
-when it is negative. ``conflict_rate`` is the fraction of steps with at least two groups that
-conflict. The groups are the domains unless :meth:`RoGA.step` is given other labels (the
-clean and augmented paths of :func:`fedspeech.training.sdd.train_sdd`, whatever its domains):
-then each domain's pass at ``θ`` also back-propagates the mean loss of each group's examples in
-it (one extra backward per group beyond the first, no extra forward), and a group's gradient
-is the example-weighted sum of its parts (with batch-norm layers, each part is normalised with
-its domain's batch statistics, as in the update).
+Conflict statistic: ``cosine`` is the smallest pairwise cosine between the domains' ERM
+gradients ``g_i`` at ``θ`` (NaN when fewer than two domains are present); a step conflicts when
+it is negative. ``conflict_rate`` is the fraction of steps with at least two domains that
+conflict.
 """
 
 from __future__ import annotations
@@ -105,7 +100,7 @@ class RoGAResult(LocalResult):
 
 
 @contextlib.contextmanager
-def _frozen_running_stats(model: nn.Module) -> Iterator[None]:
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     """Batch-norm layers keep normalising with batch statistics but stop updating buffers."""
     saved: list[tuple[_BatchNorm, float | None, Tensor | None]] = []
     for m in model.modules():
@@ -176,9 +171,7 @@ class RoGA:
         self.mode: Mode = mode
         self._has_bn = any(isinstance(m, _BatchNorm) for m in model.modules())
 
-    def step(
-        self, x: Tensor, y: Tensor, domains: Tensor, groups: Tensor | None = None
-    ) -> RoGAStats:
+    def step(self, x: Tensor, y: Tensor, domains: Tensor) -> RoGAStats:
         """One RoGA update on a batch.
 
         Parameters
@@ -188,49 +181,36 @@ class RoGA:
         y : Tensor
             ``(B,)`` int64 labels.
         domains : Tensor
-            ``(B,)`` integer domain of each example (attack type, speaker, ...): one ascent
-            and one alignment term per domain present.
-        groups : Tensor, optional
-            ``(B,)`` integer labels whose gradients at ``θ`` the conflict statistic compares
-            (e.g. clean/augmented path); default: the domains (singletons merged as
-            above). They do not change the update.
+            ``(B,)`` integer domain of each example (attack type, speaker, ...).
         """
         if domains.shape != y.shape:
             raise ValueError(f"domains {tuple(domains.shape)} must match labels {tuple(y.shape)}")
-        if groups is not None and groups.shape != y.shape:
-            raise ValueError(f"groups {tuple(groups.shape)} must match labels {tuple(y.shape)}")
         params = trainable_parameters(self.model)
-        idx_groups = _domain_groups(domains.to(x.device), merge_singletons=self._has_bn)
+        groups = _domain_groups(domains.to(x.device), merge_singletons=self._has_bn)
         total = len(y)
         direction = params[0].new_zeros(sum(p.numel() for p in params))
-        # Group label → [(examples, gradient at θ of their mean loss)], one entry per domain.
-        parts_of: dict[int, list[tuple[int, Tensor]]] = {}
+        erm_grads: list[Tensor] = []
         loss = loss_pert = 0.0
         exact = self.mode == "exact" or (self.mode == "fd" and self.rho == 0 and self.alpha > 0)
         moves = self.rho > 0 or (self.mode == "shift" and self.alpha > 0)
         # The ascent overwrites the weights in place; keep an exact copy to come back to.
         origin = [p.detach().clone() for p in params] if moves and not exact else []
-        for k, idx in enumerate(idx_groups):
+        for idx in groups:
             weight = len(idx) / total
             xb, yb = x[idx], y[idx]
-            if groups is None:  # each (merged) domain is one group: no extra backward
-                keys, parts = [k], [torch.arange(len(idx), device=x.device)]
-            else:
-                keys, parts = _parts(groups.to(x.device)[idx])
             if exact:
-                grads, d, lp, lc = self._exact(params, xb, yb, parts)
+                g, d, lp, lc = self._exact(params, xb, yb)
             else:
-                grads, d, lp, lc = self._first_order(params, origin, xb, yb, parts)
-            for key, part, g in zip(keys, parts, grads, strict=True):
-                parts_of.setdefault(key, []).append((len(part), g))
+                g, d, lp, lc = self._first_order(params, origin, xb, yb)
+            erm_grads.append(g)
             direction.add_(d, alpha=weight)
             loss += weight * lc
             loss_pert += weight * lp
         cosine = math.nan
-        if len(parts_of) > 1:
-            jac = torch.stack([_weighted_mean(p) for p in parts_of.values()])
+        if len(erm_grads) > 1:
+            jac = torch.stack(erm_grads)
             cos = pairwise_cosines(jac @ jac.T)
-            off = ~torch.eye(len(parts_of), dtype=torch.bool)
+            off = ~torch.eye(len(erm_grads), dtype=torch.bool)
             cosine = float(cos[off].min())
         write_grad(params, direction)
         self.base_optimizer.step()
@@ -239,45 +219,25 @@ class RoGA:
             loss_perturbed=loss_pert,
             cosine=cosine,
             conflict=cosine < 0,
-            num_domains=len(idx_groups),
+            num_domains=len(groups),
         )
 
-    def _part_grads(
-        self, logits: Tensor, yb: Tensor, parts: list[Tensor], params: list[nn.Parameter]
-    ) -> list[Tensor]:
-        """Gradients of the mean loss of every part but the last (the graph is kept)."""
-        return [
-            flat_grad(self.loss_fn(logits[p], yb[p]), params, retain_graph=True) for p in parts[:-1]
-        ]
-
     def _first_order(
-        self,
-        params: list[nn.Parameter],
-        origin: list[Tensor],
-        xb: Tensor,
-        yb: Tensor,
-        parts: list[Tensor],
-    ) -> tuple[list[Tensor], Tensor, float, float]:
-        """``fd`` and ``shift`` modes: two plain gradients, at ``θ`` and at the ascent point.
-
-        Returns the parts' gradients at ``θ`` (see :func:`_complete`), the domain's direction,
-        and its losses at the ascent point and at ``θ``.
-        """
-        logits = self.model(xb)
-        loss = self.loss_fn(logits, yb)
-        first = self._part_grads(logits, yb, parts, params)
+        self, params: list[nn.Parameter], origin: list[Tensor], xb: Tensor, yb: Tensor
+    ) -> tuple[Tensor, Tensor, float, float]:
+        """``fd`` and ``shift`` modes: two plain gradients, at ``θ`` and at the ascent point."""
+        loss = self.loss_fn(self.model(xb), yb)
         g = flat_grad(loss, params)
-        grads = _complete(first, g, parts)
         lc = float(loss.detach())
         norm = float(g.norm())
         if not origin or norm == 0:
-            return grads, g, lc, lc
+            return g, g, lc, lc
         step = g * (self.rho / norm)
         if self.mode == "shift":
             step = step - self.alpha * g
         _add_flat(params, origin, step)
         try:
-            with _frozen_running_stats(self.model):
+            with frozen_running_stats(self.model):
                 loss_p = self.loss_fn(self.model(xb), yb)
             g_plus = flat_grad(loss_p, params)
         finally:
@@ -285,18 +245,16 @@ class RoGA:
                 for p, o in zip(params, origin, strict=True):
                     p.copy_(o)
         if self.mode == "shift" or self.alpha == 0:
-            return grads, g_plus, float(loss_p.detach()), lc
+            return g, g_plus, float(loss_p.detach()), lc
         lam = 2.0 * self.alpha * norm / self.rho
-        return grads, g_plus - lam * (g_plus - g), float(loss_p.detach()), lc
+        return g, g_plus - lam * (g_plus - g), float(loss_p.detach()), lc
 
     def _exact(
-        self, params: list[nn.Parameter], xb: Tensor, yb: Tensor, parts: list[Tensor]
-    ) -> tuple[list[Tensor], Tensor, float, float]:
+        self, params: list[nn.Parameter], xb: Tensor, yb: Tensor
+    ) -> tuple[Tensor, Tensor, float, float]:
         """``exact`` mode: differentiate ``J_i`` through both gradients (double backward)."""
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        logits = self.model(xb)
-        loss = self.loss_fn(logits, yb)
-        first = self._part_grads(logits, yb, parts, params)
+        loss = self.loss_fn(self.model(xb), yb)
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         g_list = _fill(grads, params)
         g_flat = torch.cat([gi.detach().reshape(-1) for gi in g_list])
@@ -306,7 +264,7 @@ class RoGA:
             scale = self.rho / norm if norm > 0 else 0.0
             # θ + ε with ε detached: the perturbed weights depend on θ with unit Jacobian.
             shifted = {n: p + scale * gi.detach() for (n, p), gi in zip(named, g_list, strict=True)}
-            with _frozen_running_stats(self.model):
+            with frozen_running_stats(self.model):
                 logits = functional_call(self.model, shifted, (xb,), strict=False)
             loss_p = self.loss_fn(logits, yb)
             plus = torch.autograd.grad(
@@ -318,35 +276,7 @@ class RoGA:
         inner = sum((a * b).sum() for a, b in zip(p_list, g_list, strict=True))
         objective = loss_p - self.alpha * inner
         d = flat_grad(objective, params)
-        return _complete(first, g_flat, parts), d, float(loss_p.detach()), lc
-
-
-def _parts(labels: Tensor) -> tuple[list[int], list[Tensor]]:
-    """The distinct ``labels`` of a sub-batch and the positions of each, ascending."""
-    keys = torch.unique(labels)
-    return [int(k) for k in keys], [torch.nonzero(labels == k).flatten() for k in keys]
-
-
-def _complete(first: list[Tensor], g: Tensor, parts: list[Tensor]) -> list[Tensor]:
-    """All parts' gradients, given all but the last and ``g`` of the whole sub-batch.
-
-    The mean loss of the sub-batch is the example-weighted mean of its parts' mean losses,
-    so the last part's gradient follows from the others without another backward pass.
-    """
-    if not first:
-        return [g]
-    rest = g * sum(len(p) for p in parts)
-    for p, gp in zip(parts[:-1], first, strict=True):
-        rest = rest - len(p) * gp
-    return [*first, rest / len(parts[-1])]
-
-
-def _weighted_mean(parts: list[tuple[int, Tensor]]) -> Tensor:
-    """Example-weighted mean of a group's per-domain gradients (itself when only one)."""
-    if len(parts) == 1:
-        return parts[0][1]
-    total = sum(n for n, _ in parts)
-    return torch.stack([g * (n / total) for n, g in parts]).sum(dim=0)
+        return g_flat, d, float(loss_p.detach()), lc
 
 
 def _fill(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> list[Tensor]:
@@ -445,4 +375,4 @@ def train_roga(
     )
 
 
-__all__ = ["Mode", "RoGA", "RoGAResult", "RoGAStats", "train_roga"]
+__all__ = ["Mode", "RoGA", "RoGAResult", "RoGAStats", "frozen_running_stats", "train_roga"]

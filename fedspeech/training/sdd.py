@@ -15,17 +15,21 @@ named by ``--alignment``:
     their own domain; the augmented copy of a clip stays in its clip's domain
     (domains ``[d; d]``), so each domain's ascent and alignment see it clean and augmented,
     and the augmentation is not a domain of its own;
-  - ``speaker``: each clip's speaker, likewise ``[d; d]`` (with ``--partition speaker`` a
-    client holds few speakers, so a batch often has a single domain: RoGA is then SAM with
-    the alignment term on the whole batch);
+  - ``speaker``: each clip's speaker, likewise ``[d; d]`` (a client partitioned by speaker
+    may hold a single speaker, and RoGA is then SAM with the alignment term on the whole
+    batch; one with many speakers splits a batch into domains of a clip or two);
   - ``path``: domain 0 for the clean half and 1 for the augmented half, so RoGA's ascent
     and alignment act on exactly the two gradients DPDA aligns (the behaviour before the
     option existed).
 
-Whatever the domains, a step records ``cos(g_clean, g_aug)`` at the pre-step weights (with
-RoGA, from its per-domain passes at ``θ``: one extra backward per domain in ``attack`` and
-``speaker`` modes); the client reports the fraction of steps where it is negative
-(``conflict_rate``).
+Whatever the domains, a step records ``cos(g_clean, g_aug)`` at the pre-step weights, each
+path's gradient from its own forward pass (:func:`path_cosine`, DPDA's definition); the client
+reports the fraction of steps where it is negative (``conflict_rate``). With ``path`` domains
+RoGA's passes at ``θ`` are those two passes; with ``attack`` or ``speaker`` they are one
+extra forward and backward pass per path, about half a RoGA step's work. (RoGA's per-domain
+passes could give the two gradients for free, but with batch-norm layers each domain is then
+normalised on its own few examples, and at the same weights that cosine was found to differ
+from this one, at times in sign.)
 
 :func:`score_clips` and :func:`sdd_scores` give the server's side: bona fide scores of the
 global model and the EER on seen and unseen attacks (:func:`fedspeech.metrics.sdd.eer`).
@@ -47,9 +51,15 @@ from fedspeech.config import ROGA, ROGA_DOMAINS
 from fedspeech.errors import ConfigError
 from fedspeech.metrics.sdd import eer
 from fedspeech.prepare import open_domains
-from fedspeech.training.dual_path import build_optimizer, train_dual_path, trainable_parameters
+from fedspeech.training.dual_path import (
+    build_optimizer,
+    flat_grad,
+    pairwise_cosines,
+    train_dual_path,
+    trainable_parameters,
+)
 from fedspeech.training.local import predict
-from fedspeech.training.roga import RoGA
+from fedspeech.training.roga import RoGA, frozen_running_stats
 
 
 @dataclass
@@ -84,6 +94,32 @@ def augment_fn(aug: Augmentation, rng: np.random.Generator) -> Callable[[Tensor]
         return aug.batch(x, rng)
 
     return run
+
+
+def path_cosine(model: nn.Module, x: Tensor, x_aug: Tensor, y: Tensor) -> float:
+    """``cos(g_clean, g_aug)`` at the current weights, without changing the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        In the mode the training uses; batch-norm running statistics are left as they are.
+    x, x_aug : Tensor
+        ``(B, T)`` clean clips and their augmented copies.
+    y : Tensor
+        ``(B,)`` int64 labels of both.
+
+    Returns
+    -------
+    float
+        The cosine of the gradients of the two paths' mean cross-entropies, each path in its
+        own forward pass (as :func:`~fedspeech.training.dual_path.dual_path_step` takes them).
+    """
+    params = trainable_parameters(model)
+    with frozen_running_stats(model):
+        g_clean = flat_grad(F.cross_entropy(model(x), y), params)
+        g_aug = flat_grad(F.cross_entropy(model(x_aug), y), params)
+    jac = torch.stack([g_clean, g_aug])
+    return float(pairwise_cosines(jac @ jac.T)[0, 1])
 
 
 def select_roga_domains(kind: str, features_path: str) -> np.ndarray | None:
@@ -197,18 +233,20 @@ def train_sdd(
         y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
         with torch.no_grad():
             x_aug = run_aug(x)
-        paths = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
+        xx, yy = torch.cat([x, x_aug]), torch.cat([y, y])
         if roga_domains is None:
-            domains = paths
+            # The paths are the domains: RoGA's own passes at θ give the two gradients.
+            stats = roga.step(xx, yy, torch.cat([torch.zeros_like(y), torch.ones_like(y)]))
+            cosine = stats.cosine
         else:
+            # Measured before the step, at the weights the step starts from.
+            cosine = path_cosine(model, x, x_aug, y)
             d = torch.from_numpy(np.ascontiguousarray(roga_domains[batch])).long()
-            domains = torch.cat([d, d])
-        # groups=paths: the conflict statistic stays cos(g_clean, g_aug) whatever the domains.
-        stats = roga.step(torch.cat([x, x_aug]), torch.cat([y, y]), domains, groups=paths)
+            stats = roga.step(xx, yy, torch.cat([d, d]))
         total += stats.loss * len(batch)
         seen += len(batch)
-        conflicts += stats.conflict
-        cosines.append(stats.cosine)
+        conflicts += cosine < 0
+        cosines.append(cosine)
     return SddResult(
         num_examples=seen,
         loss=total / max(seen, 1),
@@ -264,6 +302,7 @@ __all__ = [
     "SddResult",
     "augment_fn",
     "bona_fide_scores",
+    "path_cosine",
     "score_clips",
     "sdd_scores",
     "select_roga_domains",
