@@ -9,8 +9,10 @@ script times, on the same model, batch and thread count:
 * ``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad``: :func:`dual_path_step` with that
   aligner (``none`` = the mean of the two gradients);
 * ``roga``: one RoGA step (Qiu et al.) on ``[x; augment(x)]`` with the two paths as domains,
-  as ``--alignment roga`` runs it (a SAM-style method: two passes per domain, so about twice
-  a dual-path step by construction).
+  as ``--alignment roga --roga-domains path`` runs it (a SAM-style method: two passes per
+  domain, so about twice a dual-path step by construction). The default ``--roga-domains
+  attack`` splits the same examples among more, smaller domains and takes one more forward
+  and backward pass per path for the clean-vs-augmented cosine; it is not timed here.
 
 The augmented batch is made once, outside the timed region, so the ratios compare training
 steps; the augmentation's own time per batch is printed on its own line. Each method is

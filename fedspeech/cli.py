@@ -65,6 +65,12 @@ _SIM_FLAGS: list[tuple[str, Any, str]] = [
     ("--bonafide-root", str, "sdd: build the built-in spoof corpus from this speech folder"),
     ("--roga-rho", float, "sdd: RoGA ascent radius"),
     ("--roga-alpha", float, "sdd: RoGA alignment weight"),
+    (
+        "--roga-domains",
+        str,
+        "sdd: RoGA's domains: attack (attack id, bona fide its own), speaker, or path "
+        "(clean vs augmented)",
+    ),
     ("--audit-iterations", int, "--audit: stage-1 steps per restart (cap; stops when converged)"),
     ("--audit-threads", int, "--audit: torch threads of the attack (0 = every core)"),
 ]

@@ -26,6 +26,9 @@ TASKS = ("kws", "sdd")
 NORMALIZE = ("peak", "none")
 # ``--alignment``: the aligners of fedspeech.training.aligners, plus RoGA.
 ROGA = "roga"
+# ``--roga-domains``: what RoGA's domains are (see fedspeech.training.sdd); the first, each
+# clip's attack type, is the default.
+ROGA_DOMAINS = ("attack", "speaker", "path")
 
 # Keys whose default depends on the task (applied unless the key was set explicitly).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -68,6 +71,7 @@ SDD_ONLY = (
     "bonafide_root",
     "roga_rho",
     "roga_alpha",
+    "roga_domains",
     "dropout",
 )
 
@@ -113,6 +117,7 @@ class SimConfig:
     bonafide_root: str | None = None
     roga_rho: float = 0.1
     roga_alpha: float = 2e-4
+    roga_domains: str = ROGA_DOMAINS[0]
     dropout: bool = True
     audit: bool = False
     audit_iterations: int = 8000
@@ -241,6 +246,10 @@ class SimConfig:
             raise ConfigError(f"--test-clips must not be negative, got {self.test_clips}")
         if self.roga_rho < 0 or self.roga_alpha < 0:
             raise ConfigError("--roga-rho and --roga-alpha must not be negative")
+        if self.roga_domains not in ROGA_DOMAINS:
+            raise ConfigError(
+                f"unknown --roga-domains {self.roga_domains!r}; known: {', '.join(ROGA_DOMAINS)}"
+            )
 
     def capture_count(self) -> int | None:
         """Clients captured per round: ``None`` means all."""

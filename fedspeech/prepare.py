@@ -53,6 +53,10 @@ class RunData:
         ``sdd`` only: metric name (``eer``, ``eer_unseen``) → positions into
         ``test_indices`` of the clips it is computed on (seen, respectively held-out attacks,
         each with every bona fide test clip).
+    domains : dict[str, np.ndarray]
+        ``sdd`` only: domain kind (``attack``, ``speaker``) → ``(N,)`` int64 domain id of
+        every row of ``features.npy``, written to ``data/domains_<kind>.npy`` for RoGA's
+        ``--roga-domains`` (ids number the sorted names in ``index.json``).
     """
 
     run_dir: Path
@@ -62,6 +66,7 @@ class RunData:
     partitions: list[np.ndarray]
     corpus_meta: dict[str, list[str]]
     eval_sets: dict[str, np.ndarray] = field(default_factory=dict)
+    domains: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def features_path(self) -> Path:
@@ -79,6 +84,10 @@ class RunData:
     def index_path(self) -> Path:
         return self.run_dir / "data" / "index.json"
 
+    def domains_path(self, kind: str) -> Path:
+        """``data/domains_<kind>.npy``: see :func:`domains_file`."""
+        return domains_file(self.run_dir / "data", kind)
+
     def write(
         self, features: np.ndarray, labels: np.ndarray, index: dict[str, Any], scheme: str
     ) -> None:
@@ -88,6 +97,16 @@ class RunData:
         part_json = {"clients": [p.tolist() for p in self.partitions], "scheme": scheme}
         atomic_write_text(self.partition_path, json.dumps(part_json))
         atomic_write_text(self.index_path, json.dumps(index))
+        for kind, ids in self.domains.items():
+            atomic_save_npy(self.domains_path(kind), ids.astype(np.int64))
+
+
+def domains_file(data_dir: Path, kind: str) -> Path:
+    """The file of a run's per-clip domain ids of ``kind`` (``attack``, ``speaker``).
+
+    It sits beside ``features.npy``, so a client that knows the features' path finds it.
+    """
+    return Path(data_dir) / f"domains_{kind}.npy"
 
 
 def default_run_dir() -> Path:
@@ -200,6 +219,21 @@ def open_features(features_path: str, labels_path: str) -> tuple[np.ndarray, np.
     feats = np.load(features_path, mmap_mode="r", allow_pickle=False)
     labels = np.load(labels_path, allow_pickle=False)
     return feats, labels
+
+
+@lru_cache(maxsize=4)
+def open_domains(features_path: str, kind: str) -> np.ndarray:
+    """``(N,)`` int64 domain ids of ``kind`` of a run's clips, once per process.
+
+    Raises
+    ------
+    DataError
+        The run folder has no such file (prepared without it, or an unknown ``kind``).
+    """
+    path = domains_file(Path(features_path).parent, kind)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the run was not prepared with {kind} domains")
+    return np.load(path, allow_pickle=False)
 
 
 @lru_cache(maxsize=4)

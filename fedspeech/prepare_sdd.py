@@ -3,7 +3,9 @@
 The run's ``data/features.npy`` holds the raw waveforms themselves, ``(N, clip_samples)``
 float32, of the training clips and of the scored test clips only (the rest of the corpus is
 not copied); ``labels.npy`` holds 1 = bona fide, 0 = spoof; ``index.json`` adds each clip's
-attack id and the two scoring subsets.
+attack id and the two scoring subsets; ``domains_attack.npy`` and ``domains_speaker.npy``
+number each clip's attack (``bonafide`` is one of them) and speaker as ``(N,)`` int64, the
+domains of ``--alignment roga --roga-domains attack|speaker``.
 
 Data
 ----
@@ -90,6 +92,18 @@ def load_sdd_corpus(cfg: SimConfig) -> SpoofCorpus:
     return load_spoof_dataset(
         cfg.dataset, root, num_samples=cfg.clip_samples, progress=cfg.progress
     )
+
+
+def domain_ids(names: list[str]) -> np.ndarray:
+    """``(N,)`` int64 position of each name in the sorted list of distinct names.
+
+    Examples
+    --------
+    >>> domain_ids(["gl", "bonafide", "gl", "codec"]).tolist()
+    [2, 0, 2, 1]
+    """
+    _, ids = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+    return ids.astype(np.int64).reshape(-1)
 
 
 def eval_subsets(
@@ -189,6 +203,10 @@ def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         partitions=parts,
         corpus_meta={k: v for k, v in meta.items() if k != "classes"},
         eval_sets=subsets,
+        domains={
+            "attack": domain_ids(meta["attacks"]),
+            "speaker": domain_ids(meta["speakers"]),
+        },
     )
     run.write(corpus.waveforms[keep].astype(np.float32), corpus.labels[keep], index, cfg.partition)
     return run

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedspeech.errors import ConfigError
-from fedspeech.training.roga import RoGA, RoGAStats, train_roga
+from fedspeech.training.roga import Mode, RoGA, RoGAStats, train_roga
 
 
 def _mlp(seed: int = 0, d_in: int = 6) -> nn.Module:
@@ -81,6 +81,61 @@ def test_single_domain_has_no_cosine() -> None:
     x, y, _ = _batch()
     stats = RoGA(model, opt).step(x, y, torch.zeros(24, dtype=torch.int64))
     assert stats.num_domains == 1 and math.isnan(stats.cosine) and not stats.conflict
+
+
+def _attack_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[x; x + noise]`` of 12 clips whose attack ids are 0, 2 and 5, as ``train_sdd`` makes.
+
+    Returns inputs ``(24, 6)``, labels and domains ``[d; d]``, both ``(24,)``.
+    """
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 6, generator=gen)
+    y = torch.randint(0, 3, (12,), generator=gen)
+    d = torch.tensor([0, 2, 5, 0, 0, 2, 5, 5, 0, 2, 0, 0])
+    x_aug = x + 0.3 * torch.randn(12, 6, generator=gen)
+    return torch.cat([x, x_aug]), torch.cat([y, y]), torch.cat([d, d])
+
+
+def _flat_grad_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+@pytest.mark.parametrize("mode", ["fd", "exact"])
+def test_one_ascent_per_attack_domain(mode: Mode) -> None:
+    model = _mlp()
+    x, y, domains = _attack_batch()
+    calls: list[int] = []
+    model.register_forward_hook(lambda _m, inp, _out: calls.append(len(inp[0])))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    ref = copy.deepcopy(model)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    stats = RoGA(model, opt, rho=0.05, alpha=0.05, mode=mode).step(x, y, domains)
+    delta = before - torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    # Three attacks present: one pass at θ and one at the ascent point for each, over the
+    # domain's clean and augmented clips together (2 × 6, 2 × 3, 2 × 3 examples).
+    assert stats.num_domains == 3
+    assert sorted(calls) == [6, 6, 6, 6, 12, 12]
+    # The step itself, computed directly: Σ_i (n_i/B) [g_i⁺ − λ_i (g_i⁺ − g_i)] in fd mode,
+    # the exact alignment gradient being within a few per cent of it (see above).
+    expected = torch.zeros_like(before)
+    for k in (0, 2, 5):
+        sel = domains == k
+        g = _flat_grad_of(ref, x[sel], y[sel])
+        shifted = copy.deepcopy(ref)
+        with torch.no_grad():
+            offset = 0
+            for p in shifted.parameters():
+                n = p.numel()
+                p.add_(0.05 * g[offset : offset + n].view(p.shape) / g.norm())
+                offset += n
+        g_plus = _flat_grad_of(shifted, x[sel], y[sel])
+        lam = 2 * 0.05 * float(g.norm()) / 0.05
+        expected += float(sel.float().mean()) * (g_plus - lam * (g_plus - g))
+    if mode == "fd":
+        torch.testing.assert_close(delta, expected, atol=1e-6, rtol=1e-4)
+    else:
+        assert float((delta - expected).norm() / expected.norm()) < 0.05
 
 
 def _bn_model() -> nn.Sequential:

@@ -7,23 +7,38 @@ import math
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch import nn
 
+from fedspeech.augment import build_augmentation
 from fedspeech.capture import load_capture, load_truth
 from fedspeech.config import KWS_ONLY, SDD_ONLY, TASK_DEFAULTS, SimConfig, read_toml
 from fedspeech.data.corpus import SAMPLE_RATE
 from fedspeech.data.spoof import SpoofCorpus, build_spoof_corpus
-from fedspeech.errors import ConfigError
+from fedspeech.errors import ConfigError, DataError
 from fedspeech.models import build_model
 from fedspeech.prepare_sdd import eval_subsets
-from fedspeech.training.sdd import score_clips, sdd_scores, train_sdd
+from fedspeech.training.aligners import build_aligner
+from fedspeech.training.dual_path import build_optimizer, dual_path_step, trainable_parameters
+from fedspeech.training.roga import RoGA, RoGAStats
+from fedspeech.training.sdd import (
+    SddResult,
+    augment_fn,
+    path_cosine,
+    score_clips,
+    sdd_scores,
+    select_roga_domains,
+    train_sdd,
+)
 from tests.test_cli_errors import assert_one_line_error, run_cli
 from tests.test_simulation import leftover_processes
 
@@ -81,6 +96,10 @@ def test_sdd_only_key_rejected_for_kws(key: str) -> None:
         ({"clip_samples": 0}, "--clip-samples must be positive"),
         ({"test_clips": -1}, "--test-clips must not be negative"),
         ({"roga_rho": -0.1}, "must not be negative"),
+        (
+            {"roga_domains": "corpus"},
+            "unknown --roga-domains 'corpus'; known: attack, speaker, path",
+        ),
     ],
 )
 def test_bad_sdd_values(values: dict[str, object], needle: str) -> None:
@@ -91,10 +110,12 @@ def test_bad_sdd_values(values: dict[str, object], needle: str) -> None:
 
 def test_sdd_toml_round_trips_and_kws_toml_has_no_sdd_keys(tmp_path: Path) -> None:
     cfg = SimConfig.from_mapping({"task": "sdd", "alignment": "roga", "clients": 5})
+    assert cfg.roga_domains == "attack"  # the issue's "attack type"
+    cfg = cfg.updated({"roga-domains": "speaker"})
     path = tmp_path / "config.toml"
     path.write_text(cfg.to_toml())
     back = SimConfig.from_mapping(read_toml(path))
-    assert back == cfg and back.alignment == "roga"
+    assert back == cfg and (back.alignment, back.roga_domains) == ("roga", "speaker")
     kws_keys = set(SimConfig().to_dict())
     assert not kws_keys & {k.replace("_", "-") for k in SDD_ONLY}
 
@@ -102,6 +123,11 @@ def test_sdd_toml_round_trips_and_kws_toml_has_no_sdd_keys(tmp_path: Path) -> No
 def test_cli_bad_alignment_is_one_line() -> None:
     proc = run_cli("simulate", "--task", "sdd", "--alignment", "mgda")
     assert_one_line_error(proc, "unknown alignment 'mgda'", "pcgrad", "roga")
+
+
+def test_cli_bad_roga_domains_is_one_line() -> None:
+    proc = run_cli("simulate", "--task", "sdd", "--alignment", "roga", "--roga-domains", "corpus")
+    assert_one_line_error(proc, "unknown --roga-domains 'corpus'; known: attack, speaker, path")
 
 
 def test_cli_kws_flag_with_sdd_is_one_line() -> None:
@@ -160,6 +186,207 @@ def test_train_sdd_updates_and_is_reproducible(alignment: str) -> None:
         torch.testing.assert_close(states[1][name], value)
 
 
+def _fresh_model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("aasist-xs", num_samples=CLIP)
+
+
+def _roga_by_hand(
+    model: nn.Module,
+    waves: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    attack: np.ndarray | None,
+) -> tuple[list[RoGAStats], list[float]]:
+    """RoGA steps on ``[x; rawboost:3(x)]`` and the clean-vs-augmented cosine of each.
+
+    ``attack=None``: the step ``train_sdd`` took before ``--roga-domains`` existed (domain 0
+    clean, 1 augmented; the cosine is RoGA's own). Else the domains are ``[d; d]`` and the
+    cosine is :func:`path_cosine` before the step. Seeds torch as :func:`_train` does (the
+    model's dropout draws from it).
+    """
+    torch.manual_seed(1)
+    run_aug = augment_fn(build_augmentation("rawboost:3"), np.random.default_rng((0, 1, 2)))
+    roga = RoGA(model, build_optimizer("adam", trainable_parameters(model), lr=1e-3))
+    model.train()
+    stats, cosines = [], []
+    for batch in batches:
+        x, y = torch.from_numpy(waves[batch]), torch.from_numpy(labels[batch])
+        with torch.no_grad():
+            x_aug = run_aug(x)
+        xx, yy = torch.cat([x, x_aug]), torch.cat([y, y])
+        if attack is None:
+            paths = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
+            stats.append(roga.step(xx, yy, paths))
+            cosines.append(stats[-1].cosine)
+        else:
+            cosines.append(path_cosine(model, x, x_aug, y))
+            d = torch.from_numpy(attack[batch])
+            stats.append(roga.step(xx, yy, torch.cat([d, d])))
+    return stats, cosines
+
+
+def _train(model: nn.Module, waves: np.ndarray, labels: np.ndarray, **kw: Any) -> SddResult:
+    """``train_sdd`` with RoGA on the two batches of the toy data, torch seeded."""
+    torch.manual_seed(1)
+    batches = [np.arange(0, 6), np.arange(6, 12)]
+    return train_sdd(
+        model, waves, labels, batches, augment="rawboost:3", alignment="roga", lr=1e-3,
+        seed=(0, 1, 2), **kw,
+    )  # fmt: skip
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), name
+
+
+def test_roga_path_domains_are_the_clean_and_augmented_halves() -> None:
+    torch.set_num_threads(1)
+    waves, labels = _toy_data()
+    batches = [np.arange(0, 6), np.arange(6, 12)]
+    model, ref = _fresh_model(), _fresh_model()
+    res = _train(model, waves, labels, roga_domains=None)
+    # The step train_sdd took before --roga-domains existed: domain 0 clean, 1 augmented.
+    stats, cosines = _roga_by_hand(ref, waves, labels, batches, None)
+    _assert_same_weights(model, ref)
+    assert all(s.num_domains == 2 for s in stats)
+    assert res.mean_cosine == np.mean(cosines)
+    assert res.conflict_rate == np.mean([s.conflict for s in stats])
+
+
+def test_roga_attack_domains_keep_each_clip_and_its_augmented_copy_together() -> None:
+    torch.set_num_threads(1)
+    waves, labels = _toy_data()
+    batches = [np.arange(0, 6), np.arange(6, 12)]
+    # Bona fide clips (label 1) are attack 0; the spoofs alternate between attacks 3 and 7.
+    attack = np.where(labels == 1, 0, np.where(np.arange(12) % 4 == 0, 3, 7)).astype(np.int64)
+    model, ref, by_path = _fresh_model(), _fresh_model(), _fresh_model()
+    res = _train(model, waves, labels, roga_domains=attack)
+    stats, cosines = _roga_by_hand(ref, waves, labels, batches, attack)
+    _assert_same_weights(model, ref)
+    assert [s.num_domains for s in stats] == [3, 3]
+    # The conflict statistic is still the clean-vs-augmented cosine, not the attacks'.
+    assert res.mean_cosine == np.mean(cosines)
+    assert res.mean_cosine != np.mean([s.cosine for s in stats])
+    _train(by_path, waves, labels)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.parameters(), by_path.parameters(), strict=True)
+    )
+
+
+def test_path_cosine_is_the_dual_path_cosine_and_changes_nothing() -> None:
+    torch.set_num_threads(1)
+    waves, labels = _toy_data()
+    x, y = torch.from_numpy(waves[:6]), torch.from_numpy(labels[:6])
+    x_aug = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    model, ref = _fresh_model(), _fresh_model()
+    model.train()
+    ref.train()
+    torch.manual_seed(3)
+    cosine = path_cosine(model, x, x_aug, y)
+    _assert_same_weights(model, ref)  # parameters and batch-norm buffers
+    torch.manual_seed(3)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.0)
+    step = dual_path_step(ref, opt, x, y, lambda _x: x_aug, build_aligner("none"))
+    assert cosine == pytest.approx(step.cosine, abs=1e-6)
+
+
+def test_train_sdd_refuses_domains_of_another_length() -> None:
+    waves, labels = _toy_data()
+    with pytest.raises(ValueError, match="roga_domains"):
+        train_sdd(
+            _fresh_model(), waves, labels, [np.arange(6)], augment="rawboost:3",
+            alignment="roga", lr=1e-3, roga_domains=np.zeros(5, dtype=np.int64),
+        )  # fmt: skip
+
+
+def test_select_roga_domains_reads_the_run_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "domains_attack.npy", np.array([0, 2, 1], dtype=np.int64))
+    feats = str(data / "features.npy")
+    assert select_roga_domains("path", feats) is None
+    selected = select_roga_domains("attack", feats)
+    assert selected is not None and selected.tolist() == [0, 2, 1]
+    with pytest.raises(DataError, match="domains_speaker.npy does not exist"):
+        select_roga_domains("speaker", feats)
+    with pytest.raises(ConfigError, match="unknown --roga-domains 'corpus'; known: attack"):
+        select_roga_domains("corpus", feats)
+
+
+def _tiny_run(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A prepared run's data files for one client: 8 clips, attack ids 0 (bona fide), 1, 2."""
+    waves, labels = _toy_data(8)
+    data = tmp_path / "data"
+    data.mkdir()
+    attack = np.array([1, 0, 2, 0, 1, 0, 2, 0], dtype=np.int64)
+    np.save(data / "features.npy", waves)
+    np.save(data / "labels.npy", labels)
+    np.save(data / "domains_attack.npy", attack)
+    np.save(data / "domains_speaker.npy", np.zeros(8, dtype=np.int64))
+    (data / "partition.json").write_text(json.dumps({"clients": [list(range(8))]}))
+    return data, attack
+
+
+@pytest.mark.parametrize("kind", ["attack", "path", None])
+def test_client_passes_the_configured_roga_domains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str | None
+) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+    import fedspeech.training.sdd as sdd_mod
+    from fedspeech.federation.client_app import train
+
+    data, attack = _tiny_run(tmp_path)
+    seen: list[np.ndarray | None] = []
+    real = sdd_mod.train_sdd
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["roga_domains"])  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sdd_mod, "train_sdd", spy)
+    config = {
+        "features-path": str(data / "features.npy"),
+        "labels-path": str(data / "labels.npy"),
+        "partition-path": str(data / "partition.json"),
+        "model": "aasist-xs",
+        "model-kwargs": json.dumps({"num_classes": 2, "num_samples": CLIP}),
+        "share": "update",
+        "lr": 1e-3,
+        "batch-size": 4,
+        "local-epochs": 1,
+        "local-steps": 1,
+        "seed": 0,
+        "server-round": 1,
+        "task": "sdd",
+        "augment": "rawboost:3",
+        "alignment": "roga",
+        "optimizer": "adam",
+        "roga-rho": 0.1,
+        "roga-alpha": 2e-4,
+        **({"roga-domains": kind} if kind is not None else {}),
+    }
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(_fresh_model().state_dict()),
+            "config": ConfigRecord(config),  # type: ignore[arg-type]
+        }
+    )
+    # Explicit metadata: a message made outside a Flower run has no run identity to take.
+    meta = Metadata(0, "m", 0, 1, "", "", created_at=time.time(), ttl=600, message_type="train")
+    msg = Message(content=content, metadata=meta)
+    context = Context(0, 0, {"partition-id": 0}, RecordDict(), {})
+    reply = train(msg, context)
+    assert 0.0 <= float(reply.content.metric_records["metrics"]["conflict-rate"]) <= 1.0  # type: ignore[arg-type]
+    (domains,) = seen
+    if kind == "path":
+        assert domains is None
+    else:  # the key's absence means its default, attack
+        assert domains is not None and domains.tolist() == attack.tolist()
+
+
 def test_sdd_scores_hand_cases() -> None:
     scores = np.array([2.0, 1.0, -1.0, 0.5, 3.0])
     labels = np.array([1, 1, 0, 0, 1])
@@ -172,11 +399,16 @@ def test_sdd_scores_hand_cases() -> None:
 
 def test_score_clips_is_logit_difference() -> None:
     waves, _ = _toy_data(3)
-    model = build_model("aasist-xs", num_samples=CLIP).eval()
+    model = _fresh_model().eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(waves))
+    # Scores are differences of float32 logits near 0 (batches of 2 vs 3 round differently):
+    # compare them to a few float32 ulps of the logits, not relative to the small difference.
     np.testing.assert_allclose(
-        score_clips(model, waves, batch_size=2), (logits[:, 1] - logits[:, 0]).numpy(), rtol=1e-5
+        score_clips(model, waves, batch_size=2),
+        (logits[:, 1] - logits[:, 0]).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -269,6 +501,35 @@ def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
     truth = load_truth(run / "truth" / f"{caps[-1].stem}.json")
     (batch,) = truth["batches"]
     assert len(batch["attacks"]) == len(batch["labels"]) == 4
+
+
+@pytest.mark.slow
+def test_tiny_sdd_simulation_roga_by_attack(tmp_path: Path, tiny_spoof_root: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        *("--task", "sdd", "--dataset", "builtin", "--data-root", str(tiny_spoof_root)),
+        *("--clients", "2", "--fraction", "1", "--rounds", "1", "--local-steps", "2"),
+        *("--batch-size", "4", "--clip-samples", "2400", "--test-clips", "0"),
+        *("--alignment", "roga", "--roga-domains", "attack", "--capture-clients", "0"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedspeech", "simulate", *args, "--out", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'roga-domains = "attack"' in (run / "config.toml").read_text()
+    (rnd,) = json.loads((run / "metrics.json").read_text())["rounds"]
+    assert 0.0 <= rnd["conflict_rate"] <= 1.0 and 0.0 <= rnd["eer"] <= 1.0
+    # The clients' domains: one id per attack name of index.json, bona fide its own.
+    index = json.loads((run / "data" / "index.json").read_text())
+    ids = np.load(run / "data" / "domains_attack.npy", allow_pickle=False)
+    names = sorted(set(index["attacks"]))
+    assert ids.tolist() == [names.index(a) for a in index["attacks"]]
+    assert "bonafide" in names and len(names) > 2
+    speakers = np.load(run / "data" / "domains_speaker.npy", allow_pickle=False)
+    assert speakers.shape == ids.shape and speakers.max() + 1 == len(set(index["speakers"]))
 
 
 def test_dpda_table_means_and_stds(tmp_path: Path) -> None:

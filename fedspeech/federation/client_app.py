@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedspeech.config import ROGA, ROGA_DOMAINS
 from fedspeech.models import build_model
 from fedspeech.prepare import open_features, open_partition
 from fedspeech.training import gradient_and_loss, local_batches, train_local
@@ -51,20 +52,27 @@ def train(msg: Message, context: Context) -> Message:
     )
     extra: dict[str, float] = {}
     if str(_get(cfg, "task", "kws")) == "sdd":
-        from fedspeech.training.sdd import train_sdd
+        from fedspeech.training.sdd import select_roga_domains, train_sdd
 
+        alignment = str(_get(cfg, "alignment"))
+        domains = None
+        if alignment == ROGA:
+            # A config without the key means the option's default.
+            kind = str(_get(cfg, "roga-domains", ROGA_DOMAINS[0]))
+            domains = select_roga_domains(kind, str(_get(cfg, "features-path")))
         sdd = train_sdd(
             model,
             feats,
             labels,
             batches,
             augment=str(_get(cfg, "augment")),
-            alignment=str(_get(cfg, "alignment")),
+            alignment=alignment,
             lr=float(_get(cfg, "lr")),
             optimizer=str(_get(cfg, "optimizer")),
             seed=(int(_get(cfg, "seed")), int(_get(cfg, "server-round")), client_id),
             roga_rho=float(_get(cfg, "roga-rho")),
             roga_alpha=float(_get(cfg, "roga-alpha")),
+            roga_domains=domains,
         )
         arrays = ArrayRecord(model.state_dict())
         num_examples, loss = sdd.num_examples, sdd.loss

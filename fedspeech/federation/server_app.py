@@ -95,6 +95,7 @@ def _sdd_train_config(cfg: SimConfig) -> dict[str, Any]:
         "optimizer": cfg.optimizer,
         "roga-rho": cfg.roga_rho,
         "roga-alpha": cfg.roga_alpha,
+        "roga-domains": cfg.roga_domains,
     }
 
 
@@ -116,6 +117,7 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
             optimizer=cfg.optimizer,
             roga_rho=cfg.roga_rho,
             roga_alpha=cfg.roga_alpha,
+            roga_domains=cfg.roga_domains,
         )
     return meta
 

@@ -100,7 +100,7 @@ class RoGAResult(LocalResult):
 
 
 @contextlib.contextmanager
-def _frozen_running_stats(model: nn.Module) -> Iterator[None]:
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     """Batch-norm layers keep normalising with batch statistics but stop updating buffers."""
     saved: list[tuple[_BatchNorm, float | None, Tensor | None]] = []
     for m in model.modules():
@@ -237,7 +237,7 @@ class RoGA:
             step = step - self.alpha * g
         _add_flat(params, origin, step)
         try:
-            with _frozen_running_stats(self.model):
+            with frozen_running_stats(self.model):
                 loss_p = self.loss_fn(self.model(xb), yb)
             g_plus = flat_grad(loss_p, params)
         finally:
@@ -264,7 +264,7 @@ class RoGA:
             scale = self.rho / norm if norm > 0 else 0.0
             # θ + ε with ε detached: the perturbed weights depend on θ with unit Jacobian.
             shifted = {n: p + scale * gi.detach() for (n, p), gi in zip(named, g_list, strict=True)}
-            with _frozen_running_stats(self.model):
+            with frozen_running_stats(self.model):
                 logits = functional_call(self.model, shifted, (xb,), strict=False)
             loss_p = self.loss_fn(logits, yb)
             plus = torch.autograd.grad(
@@ -375,4 +375,4 @@ def train_roga(
     )
 
 
-__all__ = ["Mode", "RoGA", "RoGAResult", "RoGAStats", "train_roga"]
+__all__ = ["Mode", "RoGA", "RoGAResult", "RoGAStats", "frozen_running_stats", "train_roga"]

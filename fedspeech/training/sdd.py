@@ -9,12 +9,27 @@ named by ``--alignment``:
   augmented, and the two gradients are combined by a torchjd aggregator
   (:mod:`fedspeech.training.dual_path`);
 * ``roga``: RoGA (Qiu et al., ICME 2025, arXiv:2505.20653; :mod:`fedspeech.training.roga`)
-  with the two paths as its domains: the batch ``[x; augment(x)]`` with domain 0 for the clean
-  half and 1 for the augmented half, so RoGA's per-domain ascent and alignment act on exactly
-  the two gradients DPDA aligns, and its conflict statistic is the same cosine.
+  on the batch ``[x; augment(x)]`` of ``2B`` clips, with the domains ``--roga-domains`` names:
 
-Either way a step records ``cos(g_clean, g_aug)`` at the pre-step weights; the client reports
-the fraction of steps where it is negative (``conflict_rate``).
+  - ``attack`` (default): each clip's attack id (spoofing method), bona fide clips forming
+    their own domain; the augmented copy of a clip stays in its clip's domain
+    (domains ``[d; d]``), so each domain's ascent and alignment see it clean and augmented,
+    and the augmentation is not a domain of its own;
+  - ``speaker``: each clip's speaker, likewise ``[d; d]`` (a client partitioned by speaker
+    may hold a single speaker, and RoGA is then SAM with the alignment term on the whole
+    batch; one with many speakers splits a batch into domains of a clip or two);
+  - ``path``: domain 0 for the clean half and 1 for the augmented half, so RoGA's ascent
+    and alignment act on exactly the two gradients DPDA aligns (the behaviour before the
+    option existed).
+
+Whatever the domains, a step records ``cos(g_clean, g_aug)`` at the pre-step weights, each
+path's gradient from its own forward pass (:func:`path_cosine`, DPDA's definition); the client
+reports the fraction of steps where it is negative (``conflict_rate``). With ``path`` domains
+RoGA's passes at ``θ`` are those two passes; with ``attack`` or ``speaker`` they are one
+extra forward and backward pass per path, about half a RoGA step's work. (RoGA's per-domain
+passes could give the two gradients for free, but with batch-norm layers each domain is then
+normalised on its own few examples, and at the same weights that cosine was found to differ
+from this one, at times in sign.)
 
 :func:`score_clips` and :func:`sdd_scores` give the server's side: bona fide scores of the
 global model and the EER on seen and unseen attacks (:func:`fedspeech.metrics.sdd.eer`).
@@ -32,11 +47,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedspeech.augment import Augmentation, build_augmentation
-from fedspeech.config import ROGA
+from fedspeech.config import ROGA, ROGA_DOMAINS
+from fedspeech.errors import ConfigError
 from fedspeech.metrics.sdd import eer
-from fedspeech.training.dual_path import build_optimizer, train_dual_path, trainable_parameters
+from fedspeech.prepare import open_domains
+from fedspeech.training.dual_path import (
+    build_optimizer,
+    flat_grad,
+    pairwise_cosines,
+    train_dual_path,
+    trainable_parameters,
+)
 from fedspeech.training.local import predict
-from fedspeech.training.roga import RoGA
+from fedspeech.training.roga import RoGA, frozen_running_stats
 
 
 @dataclass
@@ -73,6 +96,61 @@ def augment_fn(aug: Augmentation, rng: np.random.Generator) -> Callable[[Tensor]
     return run
 
 
+def path_cosine(model: nn.Module, x: Tensor, x_aug: Tensor, y: Tensor) -> float:
+    """``cos(g_clean, g_aug)`` at the current weights, without changing the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        In the mode the training uses; batch-norm running statistics are left as they are.
+    x, x_aug : Tensor
+        ``(B, T)`` clean clips and their augmented copies.
+    y : Tensor
+        ``(B,)`` int64 labels of both.
+
+    Returns
+    -------
+    float
+        The cosine of the gradients of the two paths' mean cross-entropies, each path in its
+        own forward pass (as :func:`~fedspeech.training.dual_path.dual_path_step` takes them).
+    """
+    params = trainable_parameters(model)
+    with frozen_running_stats(model):
+        g_clean = flat_grad(F.cross_entropy(model(x), y), params)
+        g_aug = flat_grad(F.cross_entropy(model(x_aug), y), params)
+    jac = torch.stack([g_clean, g_aug])
+    return float(pairwise_cosines(jac @ jac.T)[0, 1])
+
+
+def select_roga_domains(kind: str, features_path: str) -> np.ndarray | None:
+    """The ``roga_domains`` argument of :func:`train_sdd` for ``--roga-domains kind``.
+
+    Parameters
+    ----------
+    kind : str
+        ``attack``, ``speaker`` or ``path``.
+    features_path : str
+        The run's ``data/features.npy``; the domain ids are read from beside it.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(N,)`` int64 domain id of every clip of the run, or ``None`` for ``path``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``kind``.
+    DataError
+        The run was prepared without that kind's ids.
+    """
+    if kind not in ROGA_DOMAINS:
+        raise ConfigError(f"unknown --roga-domains {kind!r}; known: {', '.join(ROGA_DOMAINS)}")
+    if kind == "path":
+        return None
+    return open_domains(features_path, kind)
+
+
 def train_sdd(
     model: nn.Module,
     waveforms: np.ndarray,
@@ -86,6 +164,7 @@ def train_sdd(
     seed: int | Sequence[int] = 0,
     roga_rho: float = 0.1,
     roga_alpha: float = 2e-4,
+    roga_domains: np.ndarray | None = None,
 ) -> SddResult:
     """Run one client's local training over ``batches``, in place on ``model``.
 
@@ -111,6 +190,11 @@ def train_sdd(
         Seeds the augmentation's randomness (e.g. ``(seed, round, client)``).
     roga_rho, roga_alpha : float
         RoGA's ascent radius and alignment weight (``alignment="roga"`` only).
+    roga_domains : np.ndarray, optional
+        ``(N,)`` integer RoGA domain of each clip (attack or speaker id, e.g. from
+        :func:`fedspeech.prepare.open_domains`); the batch ``[x; augment(x)]`` gets
+        ``[d; d]``. ``None``: the clean and augmented paths are the two domains
+        (``--roga-domains path``). ``alignment="roga"`` only.
 
     Returns
     -------
@@ -137,6 +221,8 @@ def train_sdd(
             conflict_rate=res.conflict_rate,
             mean_cosine=res.mean_cosine,
         )
+    if roga_domains is not None and roga_domains.shape != labels.shape:
+        raise ValueError(f"roga_domains {roga_domains.shape} must match labels {labels.shape}")
     opt = build_optimizer(optimizer, trainable_parameters(model), lr=lr)
     roga = RoGA(model, opt, rho=roga_rho, alpha=roga_alpha, loss_fn=F.cross_entropy)
     model.train()
@@ -147,12 +233,20 @@ def train_sdd(
         y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
         with torch.no_grad():
             x_aug = run_aug(x)
-        paths = torch.cat([torch.zeros_like(y), torch.ones_like(y)])
-        stats = roga.step(torch.cat([x, x_aug]), torch.cat([y, y]), paths)
+        xx, yy = torch.cat([x, x_aug]), torch.cat([y, y])
+        if roga_domains is None:
+            # The paths are the domains: RoGA's own passes at θ give the two gradients.
+            stats = roga.step(xx, yy, torch.cat([torch.zeros_like(y), torch.ones_like(y)]))
+            cosine = stats.cosine
+        else:
+            # Measured before the step, at the weights the step starts from.
+            cosine = path_cosine(model, x, x_aug, y)
+            d = torch.from_numpy(np.ascontiguousarray(roga_domains[batch])).long()
+            stats = roga.step(xx, yy, torch.cat([d, d]))
         total += stats.loss * len(batch)
         seen += len(batch)
-        conflicts += stats.conflict
-        cosines.append(stats.cosine)
+        conflicts += cosine < 0
+        cosines.append(cosine)
     return SddResult(
         num_examples=seen,
         loss=total / max(seen, 1),
@@ -208,7 +302,9 @@ __all__ = [
     "SddResult",
     "augment_fn",
     "bona_fide_scores",
+    "path_cosine",
     "score_clips",
     "sdd_scores",
+    "select_roga_domains",
     "train_sdd",
 ]
