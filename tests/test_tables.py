@@ -82,3 +82,28 @@ def test_missing_audit_is_one_error_line(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not an audited run" in err
+
+
+def test_waveform_table_has_a_random_guess_beside_the_attack(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    tables = load_tables()
+    rows = [
+        {"capture": "r001_c0000", "index": i, "round": 1, "f_mse": 1e-3, "stoi": 0.9}
+        for i in range(2)
+    ]
+    run = fake_run(tmp_path, rows)
+    text = (run / "config.toml").read_text() + 'model = "aasist-xs"\ndropout = false\n'
+    (run / "config.toml").write_text(text)
+    t = np.arange(8000) / 16000
+    (run / "audit" / "wav").mkdir()
+    for i in range(2):
+        tone = 0.3 * np.sin(2 * np.pi * 200 * (i + 1) * t)
+        sf.write(run / "audit" / "wav" / f"r001_c0000_{i}_original.wav", tone, 16000)
+    line = tables.waveform([run]).splitlines()[2].split("|")
+    assert [c.strip() for c in line[1:6]] == ["aasist-xs", "off", "2", "2 × 8000", "1.00"]
+    assert line[6].strip() == "1.0e-03 ± 0.0e+00"
+    # Noise of standard deviation 0.1 against tones of power 0.045: F-MSE about 0.055.
+    guess = float(line[9].split("±")[0])
+    assert 0.045 < guess < 0.065
