@@ -34,7 +34,13 @@ for b in 1 2 4 8; do
   sim "b$b" --config experiments/leakage_fsdd.toml --batch-size "$b" --clients $(( b > 4 ? 1 : 4 / b ))
   $FS audit "$OUT/b$b" --iterations 2000 --restarts 1 --threads 1 --quiet
 done
+# Shared updates (FedAvg) of 2 and 4 local SGD steps, one clip per step, attacked as one
+# averaged gradient of the clips seen; compare with the gradients of batches of 2 and 4.
+for k in 2 4; do
+  sim "u$k" --config experiments/leakage_fsdd.toml --share update --local-steps "$k" --clients $(( 4 / k ))
+  $FS audit "$OUT/u$k" --iterations 2000 --restarts 1 --threads 1 --quiet
+done
 PY=${PYTHON:-python}
 $PY experiments/tables.py table2 "$OUT/mel" "$OUT/mfcc" "$OUT/mel-tv5"
 $PY experiments/tables.py table3 "$OUT/mel" "$OUT/mfcc" "$OUT/mel-tv5"
-$PY experiments/tables.py sweep "$OUT/b1" "$OUT/b2" "$OUT/b4" "$OUT/b8" "$OUT/rounds"
+$PY experiments/tables.py sweep "$OUT/b1" "$OUT/b2" "$OUT/b4" "$OUT/b8" "$OUT/u2" "$OUT/u4" "$OUT/rounds"

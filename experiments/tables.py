@@ -155,11 +155,19 @@ def table3(runs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
+def shared(cfg: dict[str, object]) -> str:
+    """What the clients shared: a gradient, or an update of N local steps."""
+    if cfg.get("share", "gradient") == "gradient":
+        return "gradient"
+    steps = cfg.get("local-steps", 0)
+    return f"update, {steps} steps" if steps else f"update, {cfg.get('local-epochs')} epochs"
+
+
 def sweep(runs: Sequence[Path]) -> str:
     head = (
-        "| front-end | stage-1 budget | batch | round | test acc. of the attacked model | n "
-        "| label acc. | F-MSE | PESQ-NB | PESQ-NB from features | STOI | STOI from features |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| front-end | stage-1 budget | shared | batch | round | test acc. of the attacked model "
+        "| n | label acc. | F-MSE | PESQ-NB | PESQ-NB from features | STOI | STOI from features |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for run in runs:
@@ -167,7 +175,8 @@ def sweep(runs: Sequence[Path]) -> str:
         for rnd in sorted({int(r["round"]) for r in rows}):
             sub = [r for r in rows if int(r["round"]) == rnd]
             lines.append(
-                f"| {cfg['frontend']} | {budget(run)} | {cfg['batch-size']} | {rnd} "
+                f"| {cfg['frontend']} | {budget(run)} | {shared(cfg)} | {cfg['batch-size']} "
+                f"| {rnd} "
                 f"| {accuracy_before(run, rnd)} "
                 f"| {len(sub)} | {mean(sub, 'label_correct'):.2f} | {cell(sub, 'f_mse', '.1e')} "
                 f"| {cell(sub, 'pesq_nb')} | {cell(sub, 'ff_pesq_nb')} | {cell(sub, 'stoi')} "

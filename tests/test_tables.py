@@ -67,9 +67,10 @@ def test_table2_ratio_uses_samples_both_sides_scored(tmp_path: Path) -> None:
     # STOI over all three: 2.1 / 2.4.
     assert row[13].strip() == f"{2.1 / 2.4:.3f}"
     sweep = tables.sweep([run]).splitlines()
-    assert [line.split("|")[4].strip() for line in sweep[2:]] == ["1", "2"]
-    assert sweep[2].split("|")[5].strip() == "0.100"  # accuracy before round 1: initial
-    assert sweep[3].split("|")[5].strip() == "0.500"
+    assert [line.split("|")[5].strip() for line in sweep[2:]] == ["1", "2"]
+    assert sweep[2].split("|")[6].strip() == "0.100"  # accuracy before round 1: initial
+    assert sweep[3].split("|")[6].strip() == "0.500"
+    assert sweep[2].split("|")[3].strip() == "gradient"
     assert sweep[2].split("|")[2].strip() == "2 × 8000"
 
 
