@@ -19,6 +19,10 @@
   :class:`ContentClassifier` fitted once on train-split clips, weights cached). The same
   waveform scores are computed for stage 2 run on the *true* features ("from features"):
   the ceiling of what a perfect stage 1 would leak.
+* **Raw-waveform runs** (``--task sdd``, captures with ``frontend = "waveform"``): stage 1
+  recovers the waveform itself and stage 2 is skipped; the truth is the run's own
+  ``data/features.npy`` (the clips as the clients read them), there is no "from features"
+  ceiling, and the speaker and content judges are not fitted.
 
 Results go to ``RUN/audit/``: ``leakage.csv`` (one row per sample), ``summary.json``,
 ``wav/``, ``spectrograms/``, ``summary.png`` and, for several rounds,
