@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedspeech.capture import Capture, CaptureFormatError, capture_name
+from fedspeech.capture import WAVEFORM, Capture, CaptureFormatError, capture_name
 from fedspeech.models import build_model
 
 __all__ = [
@@ -29,8 +29,6 @@ __all__ = [
     "target_from_capture",
 ]
 
-# The ``frontend`` recorded in captures of raw-waveform models (``--task sdd``).
-WAVEFORM = "waveform"
 # Standard deviation of a waveform restart's start. Clips are peak-normalised to 1 and speech
 # sits near 0.1 RMS, so a unit-variance start (right for log-Mel features) would be ten times
 # louder than any clip and put every sinc filter far from its operating range.

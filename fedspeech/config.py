@@ -30,6 +30,13 @@ ROGA = "roga"
 # clip's attack type, is the default.
 ROGA_DOMAINS = ("attack", "speaker", "path")
 
+
+def check_roga_domains(kind: str) -> None:
+    """Raise :class:`ConfigError` unless ``kind`` is one of :data:`ROGA_DOMAINS`."""
+    if kind not in ROGA_DOMAINS:
+        raise ConfigError(f"unknown --roga-domains {kind!r}; known: {', '.join(ROGA_DOMAINS)}")
+
+
 # Keys whose default depends on the task (applied unless the key was set explicitly).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "kws": {
@@ -246,10 +253,7 @@ class SimConfig:
             raise ConfigError(f"--test-clips must not be negative, got {self.test_clips}")
         if self.roga_rho < 0 or self.roga_alpha < 0:
             raise ConfigError("--roga-rho and --roga-alpha must not be negative")
-        if self.roga_domains not in ROGA_DOMAINS:
-            raise ConfigError(
-                f"unknown --roga-domains {self.roga_domains!r}; known: {', '.join(ROGA_DOMAINS)}"
-            )
+        check_roga_domains(self.roga_domains)
 
     def capture_count(self) -> int | None:
         """Clients captured per round: ``None`` means all."""

@@ -55,6 +55,10 @@ def leftover_processes(marker: str, grace: float = 20.0) -> list[int]:
     return found
 
 
+# Two rounds of FedSGD, one clip per shared gradient: the study's threat model.
+FEDSGD_2_ROUNDS = ("--share", "gradient", "--batch-size", "1", "--rounds", "2")
+
+
 def simulate(tmp: Path, cache: Path, *args: str) -> Path:
     run_dir = tmp / "run"
     # Every process the run starts (Ray's too) inherits this marker, so leftovers are
@@ -86,18 +90,7 @@ def original_features(cache: Path, clip_ids: list[str]) -> torch.Tensor:
 
 
 def test_gradient_capture_matches_recomputed_gradient(tmp_path: Path, tiny_cache: Path) -> None:
-    run = simulate(
-        tmp_path,
-        tiny_cache,
-        "--share",
-        "gradient",
-        "--batch-size",
-        "1",
-        "--rounds",
-        "2",
-        "--capture-clients",
-        "all",
-    )
+    run = simulate(tmp_path, tiny_cache, *FEDSGD_2_ROUNDS, "--capture-clients", "all")
     caps = sorted((run / "captures").glob("*.safetensors"))
     assert len(caps) == 2 * 3
     for path in caps[:3]:
@@ -144,19 +137,9 @@ def test_audit_after_each_round(tmp_path: Path, tiny_cache: Path) -> None:
     run = simulate(
         tmp_path,
         tiny_cache,
-        "--share",
-        "gradient",
-        "--batch-size",
-        "1",
-        "--rounds",
-        "2",
-        "--capture-clients",
-        "1",
-        "--audit",
-        "--audit-iterations",
-        "40",
-        "--audit-threads",
-        "1",
+        *FEDSGD_2_ROUNDS,
+        *("--capture-clients", "1"),
+        *("--audit", "--audit-iterations", "40", "--audit-threads", "1"),
     )
     metrics = json.loads((run / "metrics.json").read_text())
     for entry in metrics["rounds"]:

@@ -4,6 +4,7 @@ This package never imports ``flwr``, so :mod:`attacks` can read captures from an
 """
 
 from fedspeech.capture.format import (
+    WAVEFORM,
     Capture,
     CaptureFormatError,
     capture_name,
@@ -14,6 +15,7 @@ from fedspeech.capture.format import (
 )
 
 __all__ = [
+    "WAVEFORM",
     "Capture",
     "CaptureFormatError",
     "capture_name",

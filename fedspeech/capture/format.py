@@ -25,6 +25,9 @@ from fedspeech.errors import FedspeechError
 
 FORMAT_VERSION = "1"
 KINDS = ("gradient", "update")
+# The ``frontend`` of captures of raw-waveform models (``--task sdd``): no front-end, the
+# model reads the waveform itself.
+WAVEFORM = "waveform"
 
 
 class CaptureFormatError(FedspeechError):

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
-from fedspeech.capture import save_truth
+from fedspeech.capture import WAVEFORM, save_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
@@ -27,9 +27,6 @@ from fedspeech.prepare import RunData, open_features, prepare_run
 from fedspeech.report import RunRecorder
 from fedspeech.report.leakage import audit_rounds, leakage_means
 from fedspeech.training import local_batches, loss_and_accuracy, predict
-
-# The ``frontend`` recorded in captures of raw-waveform models.
-WAVEFORM = "waveform"
 
 
 def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:

@@ -160,11 +160,10 @@ def apply_gradient(
 def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> torch.Tensor:
     """Logits ``(N, C)`` of ``model`` on ``inputs`` ``(N, ...)``, in eval mode, no gradients."""
     model.eval()
-    with torch.no_grad():
-        parts = [
-            model(torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])))
-            for start in range(0, len(inputs), batch_size)
-        ]
+    parts = [
+        model(torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])))
+        for start in range(0, len(inputs), batch_size)
+    ]
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 

@@ -47,8 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fedspeech.augment import Augmentation, build_augmentation
-from fedspeech.config import ROGA, ROGA_DOMAINS
-from fedspeech.errors import ConfigError
+from fedspeech.config import ROGA, check_roga_domains
 from fedspeech.metrics.sdd import eer
 from fedspeech.prepare import open_domains
 from fedspeech.training.dual_path import (
@@ -144,8 +143,7 @@ def select_roga_domains(kind: str, features_path: str) -> np.ndarray | None:
     DataError
         The run was prepared without that kind's ids.
     """
-    if kind not in ROGA_DOMAINS:
-        raise ConfigError(f"unknown --roga-domains {kind!r}; known: {', '.join(ROGA_DOMAINS)}")
+    check_roga_domains(kind)
     if kind == "path":
         return None
     return open_domains(features_path, kind)
