@@ -858,7 +858,13 @@ def _is_waveform_run(run_dir: Path) -> bool:
     return config.is_file() and read_toml(config).get("task") == "sdd"
 
 
-def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) -> dict[str, Any]:
+def audit_run(
+    run_dir: Path,
+    settings: AuditSettings,
+    *,
+    progress: bool = True,
+    scorers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Attack every selected capture of a run folder and score the leakage.
 
     Parameters
@@ -869,6 +875,10 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
         What to attack and how.
     progress : bool
         A tqdm bar over captures and one-line notes on stderr.
+    scorers : dict, optional
+        A cache kept by the caller between calls on the same run folder (``fedspeech
+        simulate --audit`` audits one round at a time): the truth side (corpus, speaker
+        verifier, content classifier) is then loaded and fitted once, not every call.
 
     Returns
     -------
@@ -979,11 +989,22 @@ def audit_run(run_dir: Path, settings: AuditSettings, *, progress: bool = True) 
         def finish(job: _Job, s1: _Stage1) -> None:
             nonlocal scorer
             if scored and scorer is None:
-                scorer = (
-                    _WaveScorer(run_dir, settings)
-                    if job.frontend == WAVEFORM
-                    else _Scorer(run_dir, out, settings, job.frontend, job.frontend_kwargs, note)
+                cache_key = json.dumps(
+                    [str(run_dir.resolve()), key, job.frontend, job.frontend_kwargs],
+                    sort_keys=True,
+                    default=str,
                 )
+                scorer = scorers.get(cache_key) if scorers is not None else None
+                if scorer is None:
+                    scorer = (
+                        _WaveScorer(run_dir, settings)
+                        if job.frontend == WAVEFORM
+                        else _Scorer(
+                            run_dir, out, settings, job.frontend, job.frontend_kwargs, note
+                        )
+                    )
+                    if scorers is not None:
+                        scorers[cache_key] = scorer
             rows = _score_capture(job, s1, settings, out, scorer)
             record = {
                 "capture": job.name,

@@ -8,18 +8,20 @@ study's algorithm: one sample at a time, 8000 Adam iterations, two restarts, no 
 stops iterations and restarts once converged and batches independent targets, once at the
 study's constant Adam step size and once (``--lr-start``, default 0.1) starting at a larger
 step divided at each plateau down to the study's 0.01. All reconstructions go through the
-same stage 2 and are scored with PESQ-NB and STOI against the original clips.
+same stage 2 and are scored with PESQ-NB and STOI against the original clips. Every method
+gets the same torch threads (``--threads``, default all cores, as ``fedspeech audit``).
 
 Usage::
 
     python benchmarks/bench_attack.py                      # FSDD clips from ../shared/data
-    python benchmarks/bench_attack.py --samples 8 --plain-samples 2
+    python benchmarks/bench_attack.py --samples 8 --plain-samples 2 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -88,22 +90,35 @@ def targets(waves: np.ndarray, seed: int) -> tuple[list[AttackTarget], torch.Ten
     return out, feats
 
 
-def score(features: list[torch.Tensor], waves: np.ndarray) -> tuple[float, float]:
+def score_each(features: list[torch.Tensor], waves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PESQ-NB and STOI ``(n,)`` of each clip's reconstruction through stage 2."""
     pesq, stoi = [], []
     for f, w in zip(features, waves, strict=True):
         rec = features_to_wave(f[0].numpy(), "mel")
         pesq.append(METRICS.get("pesq_nb")(w, rec))
         stoi.append(METRICS.get("stoi")(w, rec))
+    return np.asarray(pesq, dtype=float), np.asarray(stoi, dtype=float)
+
+
+def score(features: list[torch.Tensor], waves: np.ndarray) -> tuple[float, float]:
+    """Mean PESQ-NB and STOI over the clips that could be scored."""
+    pesq, stoi = score_each(features, waves)
     return float(np.nanmean(pesq)), float(np.nanmean(stoi))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=8, help="targets for fedspeech's attack")
-    ap.add_argument("--plain-samples", type=int, default=2, help="targets for the plain loop")
+    ap.add_argument("--samples", type=int, default=16, help="targets for fedspeech's attack")
+    ap.add_argument("--plain-samples", type=int, default=4, help="targets for the plain loop")
     ap.add_argument("--iterations", type=int, default=8000)
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for every method (default: all cores, as fedspeech audit uses)",
+    )
     ap.add_argument(
         "--lr-start",
         type=float,
@@ -111,7 +126,8 @@ def main() -> None:
         help="first step size of the scheduled fedspeech run (0: skip that run)",
     )
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()} (every method)")
 
     waves = clips(args.samples, args.seed)
     tgts, feats = targets(waves, args.seed)
@@ -205,6 +221,19 @@ def main() -> None:
             f"{args.samples}: PESQ-NB {sp_all:.2f} vs {fp_all:.2f} and STOI {ss_all:.2f} vs "
             f"{fs_all:.2f} for the constant step"
         )
+
+    print("\nper clip attacked by the plain loop (matching loss, PESQ-NB, STOI):")
+    runs = [("plain", plain), ("constant", fast[:n_plain])]
+    if sched:
+        runs.append(("--lr-start", sched[:n_plain]))
+    scored = {name: score_each([r.features for r in res], waves[:n_plain]) for name, res in runs}
+    print(f"{'clip':>4}" + "".join(f"{name:>28}" for name, _ in runs))
+    for i in range(n_plain):
+        cells = [
+            f"{res[i].matching_loss:>10.2g}{scored[name][0][i]:>9.2f}{scored[name][1][i]:>9.2f}"
+            for name, res in runs
+        ]
+        print(f"{i:>4}" + "".join(cells))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ SDD_ONLY = (
     "roga_domains",
     "dropout",
 )
+# Keys whose command-line flag is not ``--key`` (the flag switches the default off).
+_NEGATED_FLAGS = {"dropout": "--no-dropout"}
 
 
 @dataclass
@@ -217,9 +219,9 @@ class SimConfig:
     def _validate_task_keys(self) -> None:
         """Keys that only the other task reads must not be set."""
         other = SDD_ONLY if self.task == "kws" else KWS_ONLY
-        misused = [k.replace("_", "-") for k in other if k in self.explicit]
+        misused = [k for k in other if k in self.explicit]
         if misused:
-            flags = ", ".join(f"--{k}" for k in misused)
+            flags = ", ".join(_NEGATED_FLAGS.get(k, "--" + k.replace("_", "-")) for k in misused)
             raise ConfigError(f"{flags} cannot be used with --task {self.task}")
 
     def _validate_sdd(self) -> None:

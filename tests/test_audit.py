@@ -207,6 +207,35 @@ def test_new_scoring_options_rescore_without_stage1(
     assert all(r["speaker_cosine"] and r["ff_speaker_reidentified"] in "01" for r in rows)
 
 
+def test_round_by_round_audits_build_the_truth_side_once(
+    run_dir: Path, audited: tuple[dict, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What fedspeech simulate --audit does: one audit per round, one scorer cache per run.
+    import attacks.audit as audit_module
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for folder, ext in (("captures", "safetensors"), ("truth", "json")):
+        shutil.copy(copy / folder / f"r001_c0001.{ext}", copy / folder / f"r002_c0001.{ext}")
+    shutil.rmtree(copy / "audit" / "samples")  # round 1 is re-scored from its stage 1
+    built: list[object] = []
+    original = audit_module._Scorer
+
+    def counting(*args: Any, **kwargs: Any) -> object:
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(audit_module, "_Scorer", counting)
+    scorers: dict[str, Any] = {}
+    settings = {**FAST, "max_samples": None}
+    first = audit_run(copy, AuditSettings(**settings, rounds=[1]), progress=False, scorers=scorers)
+    second = audit_run(copy, AuditSettings(**settings, rounds=[2]), progress=False, scorers=scorers)
+    assert (first["samples"], second["samples"]) == (2, 1)
+    assert second["stage1"]["reconstructed"] == 1
+    assert len(built) == 1 and list(scorers.values()) == built
+    assert second["from_gradients"]["stoi"]["n"] == 1
+
+
 def one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 2, err
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -66,7 +66,8 @@ def test_sdd_takes_its_task_defaults_unless_set() -> None:
 def test_kws_only_key_rejected_for_sdd(key: str) -> None:
     valid = {"synth_speakers": 10, "synth_takes": 1}
     value: object = valid.get(key, "mel")
-    with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
+    flag = "no-dropout" if key == "dropout" else key.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"--{flag} cannot be used"):
         SimConfig.from_mapping({"task": "sdd", key: value})
 
 
@@ -79,7 +80,8 @@ def test_sdd_only_key_rejected_for_kws(key: str) -> None:
         "roga_alpha": 0.1,
         "dropout": False,
     }
-    with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} cannot be used"):
+    flag = "no-dropout" if key == "dropout" else key.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"--{flag} cannot be used"):
         SimConfig.from_mapping({key: value.get(key, "x")})
 
 
@@ -133,6 +135,11 @@ def test_cli_bad_roga_domains_is_one_line() -> None:
 def test_cli_kws_flag_with_sdd_is_one_line() -> None:
     proc = run_cli("simulate", "--task", "sdd", "--frontend", "mfcc")
     assert_one_line_error(proc, "--frontend cannot be used with --task sdd")
+
+
+def test_cli_no_dropout_with_kws_names_the_flag() -> None:
+    proc = run_cli("simulate", "--no-dropout")
+    assert_one_line_error(proc, "--no-dropout cannot be used with --task kws")
 
 
 def test_audit_of_an_sdd_folder_without_captures_is_one_line(tmp_path: Path) -> None:

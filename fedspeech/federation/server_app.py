@@ -199,6 +199,8 @@ def run_server(
     if plain:
         strategy = build_strategy(cfg)
     round_start = time.perf_counter()
+    # The audit's truth side (corpus, speaker verifier, content classifier), built once.
+    scorers: dict[str, Any] = {}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal round_start
@@ -216,7 +218,7 @@ def run_server(
         if cfg.audit and server_round > 0 and isinstance(strategy, HonestButCuriousStrategy):
             # The captures of this round are written by a background thread.
             strategy.flush()
-            summary = audit_rounds(cfg, data.run_dir, [server_round])
+            summary = audit_rounds(cfg, data.run_dir, [server_round], scorers)
             recorder.add_leakage(server_round, leakage_means(summary))
             torch.set_num_threads(1)
         round_start = time.perf_counter()

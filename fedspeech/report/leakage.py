@@ -25,11 +25,22 @@ def audit_settings(cfg: SimConfig, rounds: list[int] | None) -> Any:
     )
 
 
-def audit_rounds(cfg: SimConfig, run_dir: Path, rounds: list[int] | None) -> dict[str, Any]:
-    """Audit the captures of ``rounds`` (``None``: all) and return ``audit/summary.json``."""
+def audit_rounds(
+    cfg: SimConfig,
+    run_dir: Path,
+    rounds: list[int] | None,
+    scorers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Audit the captures of ``rounds`` (``None``: all) and return ``audit/summary.json``.
+
+    ``scorers`` is kept by the caller across rounds so that the corpus is read and the
+    speaker verifier fitted once per run (see :func:`attacks.audit.audit_run`).
+    """
     from attacks.audit import audit_run
 
-    return audit_run(Path(run_dir), audit_settings(cfg, rounds), progress=cfg.progress)
+    return audit_run(
+        Path(run_dir), audit_settings(cfg, rounds), progress=cfg.progress, scorers=scorers
+    )
 
 
 def leakage_means(summary: dict[str, Any]) -> dict[str, float]:
