@@ -145,7 +145,8 @@ def test_audit_after_each_round(tmp_path: Path, tiny_cache: Path) -> None:
     for entry in metrics["rounds"]:
         leak = entry["leakage"]
         assert leak["label_accuracy"] == 1.0  # iDLG is exact at batch 1
-        assert 0.0 <= leak["stoi"] <= 1.0 and np.isfinite(leak["f_mse"])
+        # STOI is a mean correlation: a 40-step reconstruction can score just below 0.
+        assert -1.0 <= leak["stoi"] <= 1.0 and np.isfinite(leak["f_mse"])
     summary = json.loads((run / "audit" / "summary.json").read_text())
     assert summary["samples"] == 2  # both rounds' captures, summarised together
     rounds = {int(p.stem[1:4]) for p in (run / "audit" / "samples").glob("*.json")}
