@@ -100,10 +100,10 @@ def score_each(features: list[torch.Tensor], waves: np.ndarray) -> tuple[np.ndar
     return np.asarray(pesq, dtype=float), np.asarray(stoi, dtype=float)
 
 
-def score(features: list[torch.Tensor], waves: np.ndarray) -> tuple[float, float]:
-    """Mean PESQ-NB and STOI over the clips that could be scored."""
-    pesq, stoi = score_each(features, waves)
-    return float(np.nanmean(pesq)), float(np.nanmean(stoi))
+def means(scores: tuple[np.ndarray, np.ndarray], n: int | None = None) -> tuple[float, float]:
+    """Mean PESQ-NB and STOI of the first ``n`` clips (all: None) that could be scored."""
+    pesq, stoi = scores
+    return float(np.nanmean(pesq[:n])), float(np.nanmean(stoi[:n]))
 
 
 def main() -> None:
@@ -164,9 +164,16 @@ def main() -> None:
 
     fast_rate = args.samples / fast_s * 3600
     plain_rate = n_plain / plain_s * 3600
-    fp, fs = score([r.features for r in fast[:n_plain]], waves[:n_plain])
-    pp, ps = score([r.features for r in plain], waves[:n_plain])
-    fp_all, fs_all = score([r.features for r in fast], waves)
+    # Each reconstruction goes through stage 2 and is scored once.
+    scored = {
+        "plain": score_each([r.features for r in plain], waves[:n_plain]),
+        "constant": score_each([r.features for r in fast], waves),
+    }
+    if sched:
+        scored["--lr-start"] = score_each([r.features for r in sched], waves)
+    fp, fs = means(scored["constant"], n_plain)
+    pp, ps = means(scored["plain"])
+    fp_all, fs_all = means(scored["constant"])
     fmse_fast = float(
         np.mean([((r.features - feats[i : i + 1]) ** 2).mean().item() for i, r in enumerate(fast)])
     )
@@ -196,8 +203,8 @@ def main() -> None:
         f"PESQ-NB {fp:.2f} vs {pp:.2f}, STOI {fs:.2f} vs {ps:.2f} on the same samples"
     )
     if sched:
-        sp, ss = score([r.features for r in sched[:n_plain]], waves[:n_plain])
-        sp_all, ss_all = score([r.features for r in sched], waves)
+        sp, ss = means(scored["--lr-start"], n_plain)
+        sp_all, ss_all = means(scored["--lr-start"])
         rate = args.samples / sched_s * 3600
         fmse = float(
             np.mean(
@@ -226,7 +233,6 @@ def main() -> None:
     runs = [("plain", plain), ("constant", fast[:n_plain])]
     if sched:
         runs.append(("--lr-start", sched[:n_plain]))
-    scored = {name: score_each([r.features for r in res], waves[:n_plain]) for name, res in runs}
     print(f"{'clip':>4}" + "".join(f"{name:>28}" for name, _ in runs))
     for i in range(n_plain):
         cells = [
