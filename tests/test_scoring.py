@@ -20,6 +20,7 @@ from attacks.scoring import (
     eer,
     f_mse,
     failure_counts,
+    pcm16,
     pesq_nb,
     pesq_wb,
     reset_failure_counts,
@@ -119,6 +120,33 @@ def test_pesq_and_stoi_failures_give_nan() -> None:
         assert math.isnan(stoi(silence, silence))
     assert failure_counts() == {"pesq_nb": 1, "stoi": 1}
     reset_failure_counts()
+
+
+@needs_fsdd
+def test_pesq_ignores_noise_below_one_16_bit_step() -> None:
+    # Stage 2 of this clip's true Mel features, and the same with noise of 1e-6 of full
+    # scale (a thirtieth of a 16-bit step) in the digital silence that pads the clip: on
+    # the float signals the pesq package scored 1.70 for one and 1.52 for the other.
+    import torch
+
+    from attacks.waveform import features_to_wave
+    from fedspeech.data.audio import read_clip, resample
+    from fedspeech.data.corpus import fix_length
+    from fedspeech.frontends import build_frontend
+    from fedspeech.prepare import peak_normalize
+
+    x, sr = read_clip(RECORDINGS / "2_yweweler_3.wav")
+    wave = peak_normalize(fix_length(resample(x, sr, 16_000))[None])[0]
+    mel = build_frontend("mel")(torch.from_numpy(wave[None]))[0].numpy()
+    rec = features_to_wave(mel, "mel")
+    assert float(np.abs(wave[:2000]).max()) == 0.0  # the padding is digital silence
+    rng = np.random.default_rng(0)
+    noisy = [rec + 1e-6 * rng.standard_normal(rec.shape) for _ in range(4)]
+    for other in noisy:  # only samples next to a rounding boundary move, by one step
+        assert float(np.abs(pcm16(other) - pcm16(rec)).max()) <= 2.0**-15
+    scores = [pesq_nb(wave, r) for r in [rec, *noisy]]
+    assert max(scores) - min(scores) < 1e-3, scores
+    assert 1.0 < scores[0] < 4.5
 
 
 @needs_fsdd
