@@ -84,9 +84,10 @@ class AuditSettings:
 
     Attributes
     ----------
-    iterations, restarts, lr, tv_weight, distance
+    iterations, restarts, lr, tv_weight, tv_reduction, distance
         Stage 1 (:func:`attacks.features.reconstruct`): step cap per restart, restarts,
-        Adam step size, total-variation weight, gradient distance ("l2" or "cosine").
+        Adam step size, total-variation weight and reduction ("mean" per entry, as
+        ``inversefed``, or "sum"), gradient distance ("l2" or "cosine").
     lr_start : float or None
         None (the study's constant step size) or a larger first step size, decreased at
         plateaus down to ``lr`` (faster; see :func:`attacks.features.reconstruct`).
@@ -128,6 +129,7 @@ class AuditSettings:
     lr: float = 0.01
     lr_start: float | None = None
     tv_weight: float = 1e-3
+    tv_reduction: str = "mean"
     distance: str = "l2"
     griffin_lim_iters: int = 32
     label_method: str = "auto"
@@ -137,7 +139,7 @@ class AuditSettings:
     rounds: list[int] | None = None
     clients: list[int] | None = None
     max_samples: int | None = None
-    chunk: int = 8
+    chunk: int = 32
     seed: int = 0
     ray_address: str | None = None
     threads: int | None = None
@@ -148,7 +150,7 @@ class AuditSettings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings no audit could use."""
-        from attacks.features import DISTANCES
+        from attacks.features import DISTANCES, TV_REDUCTIONS
         from attacks.labels import LABEL_METHODS
 
         positive = {
@@ -176,6 +178,7 @@ class AuditSettings:
         if self.tv_weight < 0:
             raise ConfigError(f"--tv-weight must not be negative, got {self.tv_weight}")
         DISTANCES.get(self.distance)
+        TV_REDUCTIONS.get(self.tv_reduction)
         if self.label_method != "auto":
             LABEL_METHODS.get(self.label_method)
         if self.speaker:
@@ -189,11 +192,16 @@ class AuditSettings:
         key = {"version": _CACHE_VERSION, **{k: getattr(self, k) for k in keys}}
         if self.lr_start is not None:  # absent by default, so older caches stay valid
             key["lr_start"] = self.lr_start
+        # Caches from before the option existed summed the total variation.
+        if self.tv_reduction != "sum":
+            key["tv_reduction"] = self.tv_reduction
         return key
 
     def scoring_key(self, scored: bool) -> dict[str, Any]:
         """The settings a capture's scored rows depend on (stage 1's included)."""
         key = {**self.stage1_key(), "griffin_lim_iters": self.griffin_lim_iters}
+        # PESQ on 16-bit PCM (attacks.scoring.pcm16): rows scored on floats are rescored.
+        key["pesq_input"] = "pcm16"
         key["scored"] = scored
         if scored:
             key["speaker"] = self.speaker_model if self.speaker else None
@@ -353,6 +361,7 @@ def _reconstruct_kwargs(settings: AuditSettings) -> dict[str, Any]:
         "lr": settings.lr,
         "lr_start": settings.lr_start,
         "tv_weight": settings.tv_weight,
+        "tv_reduction": settings.tv_reduction,
         "distance": settings.distance,
         "seed": settings.seed,
     }
@@ -370,9 +379,16 @@ def _to_stage1(rec: Any) -> _Stage1:
 
 
 def _stage1_local(
-    jobs: Sequence[_Job], settings: AuditSettings, note: Callable[[str], None]
+    jobs: Sequence[_Job],
+    settings: AuditSettings,
+    note: Callable[[str], None],
+    save: Callable[[_Job, _Stage1], None] | None = None,
 ) -> Iterator[tuple[_Job, _Stage1]]:
-    """Stage 1 of ``jobs``, ``settings.chunk`` captures per batched optimisation."""
+    """Stage 1 of ``jobs``, ``settings.chunk`` captures per batched optimisation.
+
+    ``save`` gets each capture's result as soon as it is done, before the rest of its chunk,
+    so that an interrupted audit keeps it.
+    """
     from attacks.features import reconstruct
     from attacks.labels import recover_labels
 
@@ -384,7 +400,12 @@ def _stage1_local(
         targets = [_load_target(job) for job in chunk]
         labels = [recover_labels(t, settings.label_method) for t in targets]
         note(f"stage 1: chunk {k + 1}/{n_chunks} ({len(chunk)} captures)")
-        recs = reconstruct(targets, labels, **kwargs)
+
+        def on_result(i: int, rec: Any, chunk: list[_Job] = chunk) -> None:
+            if save is not None:
+                save(chunk[i], _to_stage1(rec))
+
+        recs = reconstruct(targets, labels, on_result=on_result, **kwargs)
         del targets
         for job, rec in zip(chunk, recs, strict=True):
             yield job, _to_stage1(rec)
@@ -1030,9 +1051,17 @@ def audit_run(
                     finish(job, stage1.pop(job.name))
             fresh = [j for j in todo if j.name not in results]
             if fresh:
-                runner = _stage1_ray if settings.ray_address else _stage1_local
-                for job, s1 in runner(fresh, settings, note):
+
+                def save(job: _Job, s1: _Stage1) -> None:
                     _save_stage1(out / "reconstructions" / f"{job.name}.safetensors", job, key1, s1)
+
+                runner = (
+                    _stage1_ray(fresh, settings, note)
+                    if settings.ray_address
+                    else _stage1_local(fresh, settings, note, save)
+                )
+                for job, s1 in runner:
+                    save(job, s1)
                     finish(job, s1)
 
         rows = [_restore_row(r) for job in jobs for r in results[job.name]["rows"]]

@@ -93,8 +93,11 @@ def audit_setting(run: Path, key: str) -> object:
 
 
 def tv_weight(run: Path) -> str:
-    """The stage-1 total-variation weight the run was audited with."""
-    return f"{audit_setting(run, 'tv_weight'):g}"
+    """The stage-1 total-variation weight and reduction the run was audited with."""
+    reduction = audit_setting(run, "tv_reduction")
+    # Audits from before --tv-reduction existed summed the total variation.
+    reduction = reduction if isinstance(reduction, str) else "sum"
+    return f"{audit_setting(run, 'tv_weight'):g} ({reduction})"
 
 
 def budget(run: Path) -> str:

@@ -150,6 +150,12 @@ def _add_audit_parser(sub: Any) -> None:
     aud.add_argument("--distance", choices=["l2", "cosine"], default="l2", help="gradient distance")
     aud.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
     aud.add_argument(
+        "--tv-reduction",
+        choices=["mean", "sum"],
+        default="mean",
+        help="total variation as a mean over entries (inversefed's, the default) or a sum",
+    )
+    aud.add_argument(
         "--griffin-lim-iters", type=int, default=32, help="stage-2 Griffin-Lim iterations"
     )
     aud.add_argument(
@@ -163,7 +169,7 @@ def _add_audit_parser(sub: Any) -> None:
     aud.add_argument(
         "--chunk",
         type=int,
-        default=8,
+        default=32,
         help="captures reconstructed together in one batched optimisation",
     )
     aud.add_argument(
@@ -188,6 +194,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         lr=args.lr,
         lr_start=args.lr_start,
         tv_weight=args.tv_weight,
+        tv_reduction=args.tv_reduction,
         distance=args.distance,
         griffin_lim_iters=args.griffin_lim_iters,
         speaker_model=args.speaker_model,

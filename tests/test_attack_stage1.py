@@ -266,6 +266,50 @@ def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
         reconstruct([target], [torch.tensor([0, 1])])
 
 
+def test_tv_reduction_is_a_rescaled_weight(model: torch.nn.Module) -> None:
+    # On an 8 x 8 input each direction has 8 * 7 differences: the mean is the sum / 56, so
+    # a mean-reduced weight w is the summed weight w / 56, in both loops.
+    target = make_target(model, speech_like(1, 7), torch.tensor([2]))
+    y = torch.tensor([2])
+    opts: dict[str, Any] = {"iterations": 30, "restarts": 1}
+    w = 0.5  # large, so that a wrongly reduced TV would change the trajectory
+    pm = reconstruct_plain(target, y, tv_weight=w, tv_reduction="mean", **opts)
+    ps = reconstruct_plain(target, y, tv_weight=w / 56, tv_reduction="sum", **opts)
+    pw = reconstruct_plain(target, y, tv_weight=w, tv_reduction="sum", **opts)
+    torch.testing.assert_close(pm.features, ps.features, atol=1e-4, rtol=0)
+    assert float((pm.features - pw.features).abs().max()) > 1e-2
+    fast = {"patience": 10**6, **opts}
+    (fm,) = reconstruct([target], [y], tv_weight=w, tv_reduction="mean", **fast)
+    (fs,) = reconstruct([target], [y], tv_weight=w / 56, tv_reduction="sum", **fast)
+    torch.testing.assert_close(fm.features, fs.features, atol=1e-4, rtol=0)
+    assert float((fm.features - pm.features).abs().max()) < 0.05
+    with pytest.raises(ConfigError, match="unknown TV reduction 'max'; known: mean, sum"):
+        reconstruct([target], [y], tv_reduction="max")
+    with pytest.raises(ConfigError, match="unknown TV reduction"):
+        reconstruct_plain(target, y, tv_reduction="max")
+
+
+def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module) -> None:
+    targets = [
+        make_target(model, speech_like(1, 30), torch.tensor([1])),
+        make_target(model, speech_like(1, 31), torch.tensor([6])),
+    ]
+    labels = [recover_labels(t) for t in targets]
+    got: dict[int, Any] = {}
+
+    def on_result(i: int, rec: Any) -> None:
+        assert i not in got  # once per target
+        got[i] = rec
+
+    recs = reconstruct(
+        targets, labels, iterations=60, restarts=1, patience=10**6, on_result=on_result
+    )
+    assert sorted(got) == [0, 1]
+    for i, rec in enumerate(recs):
+        torch.testing.assert_close(got[i].features, rec.features)
+        assert got[i].matching_loss == rec.matching_loss and got[i].iterations == 60
+
+
 def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
     x = speech_like(1, 6)
     target = make_target(model, x, torch.tensor([3]))

@@ -23,7 +23,12 @@ def load_tables() -> ModuleType:
     return mod
 
 
-def fake_run(tmp: Path, rows: list[dict[str, object]], frontend: str = "mel") -> Path:
+def fake_run(
+    tmp: Path,
+    rows: list[dict[str, object]],
+    frontend: str = "mel",
+    settings: dict[str, object] | None = None,
+) -> Path:
     run = tmp / frontend
     (run / "audit").mkdir(parents=True)
     (run / "config.toml").write_text(
@@ -36,7 +41,7 @@ def fake_run(tmp: Path, rows: list[dict[str, object]], frontend: str = "mel") ->
         json.dumps(
             {
                 "speaker_eer": 0.25,
-                "settings": {"tv_weight": 0.001, "restarts": 2, "iterations": 8000},
+                "settings": settings or {"tv_weight": 0.001, "restarts": 2, "iterations": 8000},
             }
         )
     )
@@ -63,7 +68,8 @@ def test_table2_ratio_uses_samples_both_sides_scored(tmp_path: Path) -> None:
     # PESQ ratio only over the first sample (the others lack one side): 2.0 / 2.5.
     assert row[8].strip() == "0.800"
     assert row[7].strip() == "1.50 ± 0.50 (n=2)"
-    assert row[2].strip() == "0.001"
+    # Audits from before --tv-reduction existed summed the total variation.
+    assert row[2].strip() == "0.001 (sum)"
     # STOI over all three: 2.1 / 2.4.
     assert row[13].strip() == f"{2.1 / 2.4:.3f}"
     sweep = tables.sweep([run]).splitlines()
@@ -72,6 +78,13 @@ def test_table2_ratio_uses_samples_both_sides_scored(tmp_path: Path) -> None:
     assert sweep[3].split("|")[6].strip() == "0.500"
     assert sweep[2].split("|")[3].strip() == "gradient"
     assert sweep[2].split("|")[2].strip() == "2 × 8000"
+
+
+def test_table2_names_the_tv_reduction(tmp_path: Path) -> None:
+    tables = load_tables()
+    settings = {"tv_weight": 0.001, "tv_reduction": "mean", "restarts": 2, "iterations": 8000}
+    run = fake_run(tmp_path, [{"round": 1, "pesq_nb": 2.0, "ff_pesq_nb": 2.5}], settings=settings)
+    assert tables.table2([run]).splitlines()[2].split("|")[2].strip() == "0.001 (mean)"
 
 
 def test_missing_audit_is_one_error_line(

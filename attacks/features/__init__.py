@@ -12,6 +12,7 @@ from __future__ import annotations
 from attacks.features.fast import reconstruct
 from attacks.features.objective import (
     DISTANCES,
+    TV_REDUCTIONS,
     GradientDistance,
     GradStats,
     Reconstruction,
@@ -24,6 +25,7 @@ from attacks.features.plain import reconstruct_plain
 
 __all__ = [
     "DISTANCES",
+    "TV_REDUCTIONS",
     "GradStats",
     "GradientDistance",
     "Reconstruction",

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from attacks.features.objective import (
     DISTANCES,
+    TV_REDUCTIONS,
     GradientDistance,
     GradStats,
     Reconstruction,
@@ -148,6 +149,7 @@ class _Group:
         labels: list[torch.Tensor],
         dist: GradientDistance,
         tv_weight: float,
+        tv_reduction: str,
         factored: bool,
     ) -> None:
         self.targets = targets
@@ -206,7 +208,7 @@ class _Group:
             # ||R||^2 of the factored layers is a constant, computed once (see pack): squaring a
             # 128 x 12544 weight at every step took a third of the step's time.
             d = dist.from_stats(GradStats(dd + rr_lin, gg, gr, st.rr + rr_lin))
-            return d + tv_weight * total_variation(u, tv_dims), d
+            return d + tv_weight * total_variation(u, tv_dims, tv_reduction), d
 
         pdims: dict[str, int | None] = {n: None if self.shared else 0 for n in names}
         self.step_fn = vmap(
@@ -249,12 +251,13 @@ def reconstruct(
     restarts: int = 2,
     lr: float = 0.01,
     tv_weight: float = 1e-3,
+    tv_reduction: str = "mean",
     distance: str = "l2",
     tol: float = 1e-2,
     patience: int = 300,
     floor: float = 1e-7,
     skip_below: float = 1e-3,
-    max_batch: int = 16,
+    max_batch: int = 32,
     factored: bool = True,
     check_every: int = 10,
     lr_start: float | None = None,
@@ -262,6 +265,7 @@ def reconstruct(
     decay_patience: int = 150,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    on_result: Callable[[int, Reconstruction], None] | None = None,
 ) -> list[Reconstruction]:
     """Recover the features of many targets at once, stopping each when it converges.
 
@@ -271,7 +275,7 @@ def reconstruct(
         Independent shared gradients; grouped by architecture, input shape and batch size.
     labels : list[torch.Tensor]
         ``(B,)`` labels per target.
-    iterations, restarts, lr, tv_weight, distance, seed
+    iterations, restarts, lr, tv_weight, tv_reduction, distance, seed
         As in :func:`attacks.features.reconstruct_plain` (same starts for the same seed);
         ``iterations`` is now a cap per restart.
     tol, patience : float, int
@@ -300,6 +304,10 @@ def reconstruct(
         Steps without improvement before the step size is decreased.
     progress : callable, optional
         Called as ``progress(finished_targets, total_targets)`` after each target.
+    on_result : callable, optional
+        Called as ``on_result(i, reconstruction)`` as soon as target ``i`` is done (so that a
+        caller can save it before the others finish); ``seconds`` is then the group's time so
+        far split across its targets, and the returned list has the final split.
 
     Returns
     -------
@@ -322,16 +330,23 @@ def reconstruct(
                 f"expected ({t.batch_size},)"
             )
     dist = DISTANCES.get(distance)
+    TV_REDUCTIONS.get(tv_reduction)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault(_group_key(t), []).append(i)
     outcomes = [_Outcome() for _ in targets]
     finished = 0
 
+    group_start = time.perf_counter()
+    group_size = 1
+
     def report(i: int) -> None:
         nonlocal finished
         outcomes[i].done = True
         finished += 1
+        if on_result is not None:
+            outcomes[i].seconds = (time.perf_counter() - group_start) / group_size
+            on_result(i, _result(labels[i], outcomes[i]))
         if progress is not None:
             progress(finished, len(targets))
 
@@ -351,29 +366,34 @@ def reconstruct(
         seed,
     )
     for members in groups.values():
-        start = time.perf_counter()
+        start = group_start = time.perf_counter()
+        group_size = len(members)
         group = _Group(
-            [targets[i] for i in members], [labels[i] for i in members], dist, tv_weight, factored
+            [targets[i] for i in members],
+            [labels[i] for i in members],
+            dist,
+            tv_weight,
+            tv_reduction,
+            factored,
         )
         _run_group(group, settings, [outcomes[i] for i in members], members, report)
         share = (time.perf_counter() - start) / len(members)
         for i in members:
             outcomes[i].seconds = share
 
-    results = []
-    for y, out in zip(labels, outcomes, strict=True):
-        assert out.features is not None
-        results.append(
-            Reconstruction(
-                features=out.features.cpu(),
-                labels=y.to(torch.long).cpu(),
-                matching_loss=out.loss,
-                iterations=out.iterations,
-                restarts_run=out.restarts,
-                seconds=out.seconds,
-            )
-        )
-    return results
+    return [_result(y, out) for y, out in zip(labels, outcomes, strict=True)]
+
+
+def _result(y: torch.Tensor, out: _Outcome) -> Reconstruction:
+    assert out.features is not None
+    return Reconstruction(
+        features=out.features.cpu(),
+        labels=y.to(torch.long).cpu(),
+        matching_loss=out.loss,
+        iterations=out.iterations,
+        restarts_run=out.restarts,
+        seconds=out.seconds,
+    )
 
 
 @dataclass(frozen=True)

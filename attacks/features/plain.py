@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from attacks.features.objective import (
     DISTANCES,
+    TV_REDUCTIONS,
     Reconstruction,
     initial_features,
     total_variation,
@@ -33,6 +34,7 @@ def reconstruct_plain(
     restarts: int = 2,
     lr: float = 0.01,
     tv_weight: float = 1e-3,
+    tv_reduction: str = "mean",
     distance: str = "l2",
     seed: int = 0,
 ) -> Reconstruction:
@@ -51,7 +53,10 @@ def reconstruct_plain(
     lr : float
         Adam learning rate.
     tv_weight : float
-        Weight of the summed total variation.
+        Weight of the total variation.
+    tv_reduction : str
+        ``"mean"`` (per entry, as ``inversefed``) or ``"sum"``; see
+        :func:`attacks.features.total_variation`.
     distance : str
         Name in :data:`attacks.features.DISTANCES` (``"l2"`` or ``"cosine"``).
     seed : int
@@ -68,6 +73,7 @@ def reconstruct_plain(
         shape = tuple(labels.shape)
         raise ConfigError(f"labels have shape {shape}, expected ({target.batch_size},)")
     dist = DISTANCES.get(distance).direct
+    TV_REDUCTIONS.get(tv_reduction)
     start = time.perf_counter()
     model = target.model
     names = list(target.grads)
@@ -91,7 +97,7 @@ def reconstruct_plain(
         opt = torch.optim.Adam([u], lr=lr)
         for _ in range(iterations):
             opt.zero_grad(set_to_none=True)
-            obj = matching(u, True) + tv_weight * total_variation(u, tv_dims)
+            obj = matching(u, True) + tv_weight * total_variation(u, tv_dims, tv_reduction)
             (grad_u,) = torch.autograd.grad(obj, [u])
             u.grad = grad_u
             opt.step()
