@@ -115,6 +115,9 @@ class AuditSettings:
     threads : int or None
         Torch threads in this process; None uses every core (``os.cpu_count()``). On a
         machine shared with other jobs, 1 can be much faster.
+    workers : int
+        Processes stage 1 splits each chunk over, one torch thread each
+        (:mod:`attacks.features.workers`); 1 runs it in this process with ``threads``.
     content_epochs : int
         Epochs of the content classifier.
     verifier_speakers, verifier_clips : int
@@ -143,6 +146,7 @@ class AuditSettings:
     seed: int = 0
     ray_address: str | None = None
     threads: int | None = None
+    workers: int = 1
     content_epochs: int = 8
     verifier_speakers: int = 30
     verifier_clips: int = 4
@@ -171,6 +175,8 @@ class AuditSettings:
             raise ConfigError(f"--max-samples must be at least 1, got {self.max_samples}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.lr_start is not None and not self.lr_start >= self.lr:
@@ -405,7 +411,7 @@ def _stage1_local(
             if save is not None:
                 save(chunk[i], _to_stage1(rec))
 
-        recs = reconstruct(targets, labels, on_result=on_result, **kwargs)
+        recs = reconstruct(targets, labels, on_result=on_result, workers=settings.workers, **kwargs)
         del targets
         for job, rec in zip(chunk, recs, strict=True):
             yield job, _to_stage1(rec)

@@ -6,10 +6,13 @@ clip, as for the captures of one round). The plain loop is the
 study's algorithm: one sample at a time, 8000 Adam iterations, two restarts, no early stop
 (:func:`attacks.features.reconstruct_plain`). fedspeech's (:func:`attacks.features.reconstruct`)
 stops iterations and restarts once converged and batches independent targets, once at the
-study's constant Adam step size and once (``--lr-start``, default 0.1) starting at a larger
+study's constant Adam step size (in this process, and split over ``--workers`` processes of
+one thread each) and once (``--lr-start``, default 0.1, not the study's) starting at a larger
 step divided at each plateau down to the study's 0.01. All reconstructions go through the
-same stage 2 and are scored with PESQ-NB and STOI against the original clips. Every method
-gets the same torch threads (``--threads``, default all cores, as ``fedspeech audit``).
+same stage 2 and are scored with PESQ-NB and STOI against the original clips. The plain loop
+and the in-process runs get the same torch threads (``--threads``, default all cores), the
+split run one per process; all use the same objective (``--tv-reduction``, default the
+audit's ``mean``).
 
 Usage::
 
@@ -20,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
@@ -113,11 +115,18 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=8000)
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tv-reduction", choices=["mean", "sum"], default="mean")
     ap.add_argument(
         "--threads",
         type=int,
         default=os.cpu_count() or 1,
-        help="torch threads for every method (default: all cores, as fedspeech audit uses)",
+        help="torch threads for every in-process method (default: all cores)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes of one thread each for the split run (default: one per core; 1: skip)",
     )
     ap.add_argument(
         "--lr-start",
@@ -127,117 +136,91 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()} (every method)")
+    print(f"torch threads: {torch.get_num_threads()}; TV: {args.tv_reduction}")
+    common = {
+        "iterations": args.iterations,
+        "restarts": args.restarts,
+        "seed": args.seed,
+        "tv_reduction": args.tv_reduction,
+    }
 
     waves = clips(args.samples, args.seed)
     tgts, feats = targets(waves, args.seed)
     labels = [recover_labels(t) for t in tgts]
     label_acc = float(np.mean([int(lab[0]) == i % 10 for i, lab in enumerate(labels)]))
-
-    t = time.perf_counter()
-    fast = reconstruct(
-        tgts, labels, iterations=args.iterations, restarts=args.restarts, seed=args.seed
-    )
-    fast_s = time.perf_counter() - t
-    sched: list = []
-    sched_s = math.nan
-    if args.lr_start > 0:
-        t = time.perf_counter()
-        sched = reconstruct(
-            tgts,
-            labels,
-            iterations=args.iterations,
-            restarts=args.restarts,
-            seed=args.seed,
-            lr_start=args.lr_start,
-        )
-        sched_s = time.perf_counter() - t
     n_plain = min(args.plain_samples, args.samples)
-    t = time.perf_counter()
-    plain = [
-        reconstruct_plain(
-            tgts[i], labels[i], iterations=args.iterations, restarts=args.restarts, seed=args.seed
-        )
-        for i in range(n_plain)
-    ]
-    plain_s = time.perf_counter() - t
 
-    fast_rate = args.samples / fast_s * 3600
+    runs: dict[str, tuple[float, list]] = {}
+    methods: list[tuple[str, dict]] = [("constant step", {})]
+    if args.workers > 1:
+        methods.append((f"constant step, {args.workers} processes", {"workers": args.workers}))
+    if args.lr_start > 0:
+        methods.append((f"--lr-start {args.lr_start:g}", {"lr_start": args.lr_start}))
+    for name, extra in methods:
+        t = time.perf_counter()
+        recs = reconstruct(tgts, labels, **common, **extra)
+        runs[name] = (time.perf_counter() - t, recs)
+        print(f"{name}: {runs[name][0]:.1f} s", flush=True)
+    t = time.perf_counter()
+    plain = [reconstruct_plain(tgts[i], labels[i], **common) for i in range(n_plain)]
+    plain_s = time.perf_counter() - t
+    print(f"plain loop: {plain_s:.1f} s", flush=True)
+
     plain_rate = n_plain / plain_s * 3600
     # Each reconstruction goes through stage 2 and is scored once.
-    scored = {
-        "plain": score_each([r.features for r in plain], waves[:n_plain]),
-        "constant": score_each([r.features for r in fast], waves),
-    }
-    if sched:
-        scored["--lr-start"] = score_each([r.features for r in sched], waves)
-    fp, fs = means(scored["constant"], n_plain)
-    pp, ps = means(scored["plain"])
-    fp_all, fs_all = means(scored["constant"])
-    fmse_fast = float(
-        np.mean([((r.features - feats[i : i + 1]) ** 2).mean().item() for i, r in enumerate(fast)])
-    )
-    fmse_plain = float(
-        np.mean([((r.features - feats[i : i + 1]) ** 2).mean().item() for i, r in enumerate(plain)])
-    )
-    print(f"\nlabel accuracy (iDLG): {label_acc:.2f}")
-    print(
-        f"{'method':<28}{'samples':>8}{'seconds':>10}{'recon/hour':>12}{'iters/sample':>14}"
-        f"{'F-MSE':>10}{'PESQ-NB':>9}{'STOI':>7}"
-    )
-    print(
-        f"{'plain loop (study)':<28}{n_plain:>8}{plain_s:>10.1f}{plain_rate:>12.0f}"
-        f"{np.mean([r.iterations for r in plain]):>14.0f}{fmse_plain:>10.2e}{pp:>9.2f}{ps:>7.2f}"
-    )
-    print(
-        f"{'fedspeech (same samples)':<28}{n_plain:>8}{'':>10}{'':>12}"
-        f"{np.mean([r.iterations for r in fast[:n_plain]]):>14.0f}{'':>10}{fp:>9.2f}{fs:>7.2f}"
-    )
-    print(
-        f"{'fedspeech (all, batched)':<28}{args.samples:>8}{fast_s:>10.1f}{fast_rate:>12.0f}"
-        f"{np.mean([r.iterations for r in fast]):>14.0f}{fmse_fast:>10.2e}{fp_all:>9.2f}"
-        f"{fs_all:>7.2f}"
-    )
-    print(
-        f"throughput ratio fedspeech / plain: {fast_rate / plain_rate:.1f}x (target >= 10x), "
-        f"PESQ-NB {fp:.2f} vs {pp:.2f}, STOI {fs:.2f} vs {ps:.2f} on the same samples"
-    )
-    if sched:
-        sp, ss = means(scored["--lr-start"], n_plain)
-        sp_all, ss_all = means(scored["--lr-start"])
-        rate = args.samples / sched_s * 3600
-        fmse = float(
+    scored = {"plain": score_each([r.features for r in plain], waves[:n_plain])}
+    for name, (_, recs) in runs.items():
+        scored[name] = score_each([r.features for r in recs], waves)
+
+    def fmse(recs: list) -> float:
+        return float(
             np.mean(
-                [((r.features - feats[i : i + 1]) ** 2).mean().item() for i, r in enumerate(sched)]
+                [((r.features - feats[i : i + 1]) ** 2).mean().item() for i, r in enumerate(recs)]
             )
         )
-        name = f"--lr-start {args.lr_start:g}"
+
+    print(f"\nlabel accuracy (iDLG): {label_acc:.2f}")
+    print(
+        f"{'method':<50}{'samples':>8}{'seconds':>10}{'recon/hour':>12}{'ratio':>8}"
+        f"{'iters/sample':>14}{'F-MSE':>10}{'PESQ-NB':>9}{'STOI':>7}"
+    )
+    pp, ps = means(scored["plain"])
+    print(
+        f"{'plain loop (the study)':<50}{n_plain:>8}{plain_s:>10.1f}{plain_rate:>12.0f}"
+        f"{1.0:>8.1f}{np.mean([r.iterations for r in plain]):>14.0f}{fmse(plain):>10.2e}"
+        f"{pp:>9.3f}{ps:>7.3f}"
+    )
+    for name, (secs, recs) in runs.items():
+        rate = args.samples / secs * 3600
+        fp, fs = means(scored[name], n_plain)
+        ap_, as_ = means(scored[name])
         print(
-            f"{'fedspeech ' + name + ' (same)':<28}{n_plain:>8}{'':>10}{'':>12}"
-            f"{np.mean([r.iterations for r in sched[:n_plain]]):>14.0f}{'':>10}{sp:>9.2f}"
-            f"{ss:>7.2f}"
+            f"{'fedspeech, ' + name + ', same clips':<50}{n_plain:>8}{'':>10}{'':>12}{'':>8}"
+            f"{np.mean([r.iterations for r in recs[:n_plain]]):>14.0f}{fmse(recs[:n_plain]):>10.2e}"
+            f"{fp:>9.3f}{fs:>7.3f}"
         )
         print(
-            f"{'fedspeech ' + name + ' (all)':<28}{args.samples:>8}{sched_s:>10.1f}{rate:>12.0f}"
-            f"{np.mean([r.iterations for r in sched]):>14.0f}{fmse:>10.2e}{sp_all:>9.2f}"
-            f"{ss_all:>7.2f}"
+            f"{'fedspeech, ' + name + ', all clips':<50}{args.samples:>8}{secs:>10.1f}"
+            f"{rate:>12.0f}{rate / plain_rate:>8.1f}{np.mean([r.iterations for r in recs]):>14.0f}"
+            f"{fmse(recs):>10.2e}{ap_:>9.3f}{as_:>7.3f}"
         )
+    for name, (secs, _) in runs.items():
+        rate = args.samples / secs * 3600
+        fp, fs = means(scored[name], n_plain)
+        verdict = "equal or better" if fp >= pp and fs >= ps else "WORSE"
         print(
-            f"throughput ratio fedspeech {name} / plain: {rate / plain_rate:.1f}x, PESQ-NB "
-            f"{sp:.2f} vs {pp:.2f}, STOI {ss:.2f} vs {ps:.2f} on the same samples; on all "
-            f"{args.samples}: PESQ-NB {sp_all:.2f} vs {fp_all:.2f} and STOI {ss_all:.2f} vs "
-            f"{fs_all:.2f} for the constant step"
+            f"{name}: {rate / plain_rate:.1f}x the plain loop (target >= 10x); on the "
+            f"{n_plain} clips both attacked PESQ-NB {fp:.3f} vs {pp:.3f}, STOI {fs:.3f} vs "
+            f"{ps:.3f}: {verdict}"
         )
 
     print("\nper clip attacked by the plain loop (matching loss, PESQ-NB, STOI):")
-    runs = [("plain", plain), ("constant", fast[:n_plain])]
-    if sched:
-        runs.append(("--lr-start", sched[:n_plain]))
-    print(f"{'clip':>4}" + "".join(f"{name:>28}" for name, _ in runs))
+    cols = [("plain", plain)] + [(name, recs[:n_plain]) for name, (_, recs) in runs.items()]
+    print(f"{'clip':>4}" + "".join(f"{name[:26]:>28}" for name, _ in cols))
     for i in range(n_plain):
         cells = [
             f"{res[i].matching_loss:>10.2g}{scored[name][0][i]:>9.2f}{scored[name][1][i]:>9.2f}"
-            for name, res in runs
+            for name, res in cols
         ]
         print(f"{i:>4}" + "".join(cells))
 

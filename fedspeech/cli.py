@@ -178,6 +178,12 @@ def _add_audit_parser(sub: Any) -> None:
         "('auto', HOST:PORT, or 'local' for a private one)",
     )
     aud.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    aud.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes stage 1 is split over, one torch thread each (default 1)",
+    )
     aud.add_argument("--seed", type=int, default=0, help="seed of starts, phases and scorers")
     aud.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -207,6 +213,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         seed=args.seed,
         ray_address=args.ray_address,
         threads=args.threads,
+        workers=args.workers,
     )
     summary = audit_run(Path(args.run_dir), settings, progress=not args.quiet)
     out = Path(args.run_dir) / AUDIT_DIR

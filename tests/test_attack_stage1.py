@@ -310,6 +310,31 @@ def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module)
         assert got[i].matching_loss == rec.matching_loss and got[i].iterations == 60
 
 
+def test_worker_processes_give_the_same_results(model: torch.nn.Module) -> None:
+    targets = [make_target(model, speech_like(1, 40 + k), torch.tensor([k])) for k in range(3)]
+    labels = [recover_labels(t) for t in targets]
+    opts: dict[str, Any] = {"iterations": 40, "restarts": 2, "patience": 10**6}
+    alone = reconstruct(targets, labels, **opts)
+    seen: list[int] = []
+    handed: dict[int, Any] = {}
+    split = reconstruct(
+        targets,
+        labels,
+        workers=2,
+        progress=lambda i, n: seen.append(i),
+        on_result=lambda i, rec: handed.setdefault(i, rec),
+        **opts,
+    )
+    assert seen == [1, 2, 3] and sorted(handed) == [0, 1, 2]
+    for a, b in zip(alone, split, strict=True):
+        assert (a.iterations, a.restarts_run) == (b.iterations, b.restarts_run) == (80, 2)
+        torch.testing.assert_close(b.features, a.features, atol=1e-3, rtol=0)
+        assert math.isclose(a.matching_loss, b.matching_loss, rel_tol=1e-2)
+        assert b.labels.tolist() == a.labels.tolist()
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        reconstruct(targets, labels, workers=0)
+
+
 def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
     x = speech_like(1, 6)
     target = make_target(model, x, torch.tensor([3]))

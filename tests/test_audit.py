@@ -168,6 +168,33 @@ def test_resume_reuses_finished_captures(
     assert one["samples"] == 1 and len(read_rows(out / "leakage.csv")) == 1
 
 
+def test_interrupted_chunk_keeps_the_captures_it_finished(
+    run_dir: Path, audited: tuple[dict, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attacks.features
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "audit")
+    real = attacks.features.reconstruct
+
+    def interrupted(targets: Any, labels: Any, *, on_result: Any, **kw: Any) -> Any:
+        # Both captures are one chunk; stop as soon as the first is handed over.
+        def first_then_stop(i: int, rec: Any) -> None:
+            on_result(i, rec)
+            raise KeyboardInterrupt
+
+        return real(targets, labels, on_result=first_then_stop, **kw)
+
+    monkeypatch.setattr(attacks.features, "reconstruct", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        audit_run(copy, AuditSettings(**FAST), progress=False)
+    assert len(list((copy / "audit" / "reconstructions").iterdir())) == 1
+    monkeypatch.setattr(attacks.features, "reconstruct", real)
+    again = audit_run(copy, AuditSettings(**FAST), progress=False)
+    assert again["stage1"]["rescored"] == 1 and again["stage1"]["reconstructed"] == 1
+
+
 class SpectralEncoder:
     """Stand-in speaker encoder: the normalised mean log spectrum (no model download)."""
 

@@ -266,6 +266,7 @@ def reconstruct(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     on_result: Callable[[int, Reconstruction], None] | None = None,
+    workers: int = 1,
 ) -> list[Reconstruction]:
     """Recover the features of many targets at once, stopping each when it converges.
 
@@ -308,6 +309,9 @@ def reconstruct(
         Called as ``on_result(i, reconstruction)`` as soon as target ``i`` is done (so that a
         caller can save it before the others finish); ``seconds`` is then the group's time so
         far split across its targets, and the returned list has the final split.
+    workers : int
+        Processes to split the targets over, one torch thread each
+        (:mod:`attacks.features.workers`); 1 (default) runs them all in this process.
 
     Returns
     -------
@@ -329,8 +333,33 @@ def reconstruct(
                 f"labels for {t.capture_id or 'a target'} have shape {tuple(y.shape)}, "
                 f"expected ({t.batch_size},)"
             )
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     dist = DISTANCES.get(distance)
     TV_REDUCTIONS.get(tv_reduction)
+    if workers > 1 and len(targets) > 1:
+        from attacks.features.workers import reconstruct_in_workers
+
+        settings_kw = {
+            "iterations": iterations,
+            "restarts": restarts,
+            "lr": lr,
+            "tv_weight": tv_weight,
+            "tv_reduction": tv_reduction,
+            "distance": distance,
+            "tol": tol,
+            "patience": patience,
+            "floor": floor,
+            "skip_below": skip_below,
+            "max_batch": max_batch,
+            "factored": factored,
+            "check_every": check_every,
+            "lr_start": lr_start,
+            "lr_decay": lr_decay,
+            "decay_patience": decay_patience,
+            "seed": seed,
+        }
+        return reconstruct_in_workers(targets, labels, workers, settings_kw, progress, on_result)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault(_group_key(t), []).append(i)
