@@ -6,8 +6,9 @@
 * **Attack side** -- reads ``RUN/captures/`` only (never ``truth/`` or ``data/``): labels
   from the gradient (:func:`attacks.labels.recover_labels`), features by gradient matching
   (stage 1, :func:`attacks.features.reconstruct`, ``chunk`` captures optimised together in
-  this process, or one Ray task per capture with ``ray_address``), waveform by NNLS +
-  Griffin-Lim (stage 2, :func:`attacks.waveform.features_to_wave`).
+  this process or split over ``workers`` processes, or one Ray task per capture with
+  ``ray_address``), waveform by NNLS + Griffin-Lim (stage 2,
+  :func:`attacks.waveform.features_to_wave`).
 * **Scoring side** -- only when ``RUN/truth/`` exists: the original clips (the corpus
   reloaded from ``RUN/config.toml``, peak-normalised as the run was) and the true features
   (``RUN/data/features.npy``). Inside a batch the order of the samples cannot be identified
