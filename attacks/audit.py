@@ -202,6 +202,9 @@ class AuditSettings:
         # Caches from before the option existed summed the total variation.
         if self.tv_reduction != "sum":
             key["tv_reduction"] = self.tv_reduction
+        # Stage 1's loop changed (patience 600, float64 matching loss of factored layers):
+        # reconstructions made before are made again.
+        key["stage1_loop"] = 2
         return key
 
     def scoring_key(self, scored: bool) -> dict[str, Any]:

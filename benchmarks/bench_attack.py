@@ -110,7 +110,9 @@ def means(scores: tuple[np.ndarray, np.ndarray], n: int | None = None) -> tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=16, help="targets for fedspeech's attack")
+    ap.add_argument(
+        "--samples", type=int, default=32, help="targets for fedspeech's attack (one round's)"
+    )
     ap.add_argument("--plain-samples", type=int, default=4, help="targets for the plain loop")
     ap.add_argument("--iterations", type=int, default=8000)
     ap.add_argument("--restarts", type=int, default=2)

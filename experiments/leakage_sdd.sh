@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/leakage-sdd}
 FS=${FEDSPEECH:-fedspeech}
+W=${WORKERS:-2}
 mkdir -p "$OUT"
 for variant in dropout no-dropout; do
   flags=()
   [ "$variant" = no-dropout ] && flags=(--no-dropout)
   [ -f "$OUT/$variant/metrics.json" ] ||
     $FS simulate --config experiments/leakage_sdd.toml --out "$OUT/$variant" --quiet "${flags[@]}"
-  $FS audit "$OUT/$variant" --iterations 2000 --restarts 1 --threads 1 --quiet
+  $FS audit "$OUT/$variant" --iterations 2000 --restarts 1 --workers "$W" --quiet
 done
 ${PYTHON:-python} experiments/tables.py waveform "$OUT/dropout" "$OUT/no-dropout"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,3 +352,92 @@ def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
         reconstruct([target], labels, lr_start=0.001)
     with pytest.raises(ConfigError, match="lr_decay in"):
         reconstruct([target], labels, lr_start=0.1, lr_decay=1.5)
+
+
+class _BatchCentre(torch.nn.Module):
+    """Subtracts the batch mean: samples interact, so a target cannot be stepped in a batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(0, keepdim=True)
+
+
+def _tiny(centre: bool, norm: bool) -> torch.nn.Module:
+    torch.manual_seed(3)
+    layers: list[torch.nn.Module] = [torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()]
+    layers += [_BatchCentre()] if centre else []
+    layers += [torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10)]
+    layers += [torch.nn.LayerNorm(10)] if norm else []
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_layer_step_is_the_vmap_step(model: torch.nn.Module, distance: str) -> None:
+    from attacks.features.fast import _Group
+
+    targets = [
+        make_target(model, speech_like(2, 30), torch.tensor([1, 6])),
+        make_target(model, speech_like(2, 31), torch.tensor([0, 0])),
+    ]
+    labels = [recover_labels(t) for t in targets]
+    dist = DISTANCES.get(distance)
+    assert _Group(targets, labels, dist, 1e-3, "mean", True).layerwise
+    assert not _Group(targets, labels, dist, 1e-3, "mean", True, layerwise=False).layerwise
+    opts: dict[str, Any] = {"iterations": 30, "restarts": 1, "patience": 10**6}
+    fast = reconstruct(targets, labels, distance=distance, **opts)
+    slow = reconstruct(targets, labels, distance=distance, layerwise=False, **opts)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)
+        assert math.isclose(a.matching_loss, b.matching_loss, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize(("centre", "norm"), [(True, False), (False, True), (False, False)])
+def test_layer_step_only_where_it_is_exact(centre: bool, norm: bool) -> None:
+    from attacks.features.fast import _Group
+
+    net = _tiny(centre, norm)
+    targets = []
+    labels = [torch.tensor([2, 3]), torch.tensor([5, 5])]
+    for seed, y in zip((40, 41), labels, strict=True):
+        t = make_target(net, speech_like(2, seed).unsqueeze(1), y)
+        targets.append(dataclasses.replace(t, input_shape=(1, *SHAPE)))
+    group = _Group(targets, labels, DISTANCES.get("l2"), 1e-3, "mean", True)
+    # The batch-centring model passes the structural test but fails the numeric check.
+    assert group.layerwise == (not centre and not norm)
+    opts: dict[str, Any] = {"iterations": 20, "restarts": 1, "patience": 10**6}
+    got = reconstruct(targets, labels, **opts)
+    for t, lab, g in zip(targets, labels, got, strict=True):
+        (alone,) = reconstruct([t], [lab], layerwise=False, **opts)
+        torch.testing.assert_close(g.features, alone.features, atol=1e-4, rtol=0)
+
+
+def test_low_rank_reference_gradients_are_factored_exactly() -> None:
+    from attacks.features.fast import _factor_refs, _times_ref
+
+    gen = torch.Generator().manual_seed(0)
+    outer = [
+        torch.randn(64, 1, generator=gen) @ torch.randn(1, 900, generator=gen) for _ in range(2)
+    ]
+    # The group keeps factored layers' references in float64.
+    refs = [{"w": m.double(), "full": torch.randn(64, 900, generator=gen).double()} for m in outer]
+    kept = {k: v.clone() for k, v in refs[0].items()}
+    assert _factor_refs(refs, ["w", "full"]) == ["w"]
+    assert set(refs[0]) == {"w#U", "w#V", "full"} and refs[0]["w#U"].shape == (64, 1)
+    a = torch.randn(3, 900, generator=gen, dtype=torch.float64)
+    # Up to float32 rounding, which leaves an outer product not exactly of rank 1.
+    torch.testing.assert_close(
+        _times_ref(refs[0], "w", a), a @ kept["w"].double().T, rtol=1e-6, atol=1e-5
+    )
+    torch.testing.assert_close(_times_ref(refs[0], "full", a), a @ kept["full"].double().T)
+
+
+def test_matching_loss_resolves_far_below_float32_rounding(model: torch.nn.Module) -> None:
+    from attacks.features.fast import _Group
+
+    x, y = speech_like(1, 50), torch.tensor([3])
+    target = make_target(model, x, y)
+    group = _Group([target], [y], DISTANCES.get("l2"), 0.0, "mean", True)
+    assert group.low_rank == ["classifier.1.weight", "classifier.3.weight"]
+    params, yy, ref, rr = group.pack([0])
+    _, (_, d) = group.step_fn(params, x.unsqueeze(0), yy, ref, rr)
+    # ||G||^2 - 2<G, R> + ||R||^2 in float32 rounds to about 1e-7 of ||R||^2, either sign.
+    assert abs(float(d)) < 1e-10 * group.scale[0]
