@@ -43,7 +43,7 @@ def processes_with_marker(marker: str) -> list[int]:
     return found
 
 
-def leftover_processes(marker: str, grace: float = 20.0) -> list[int]:
+def leftover_processes(marker: str, grace: float = 60.0) -> list[int]:
     """Processes carrying ``marker`` still alive after up to ``grace`` seconds.
 
     Ray's workers exit asynchronously after the driver: on a loaded machine that takes more
