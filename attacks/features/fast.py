@@ -58,9 +58,8 @@ from fedspeech.errors import ConfigError
 __all__ = ["reconstruct"]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
-# Jobs stepped together up to which _LayerStep beats vmap (the study's CNN on 2 CPU cores:
-# 13 against 21 ms at 1 job, the plain loop's step being 15; 29 against 31 at 4; about
-# equal from 6 on).
+# Jobs stepped together up to which _LayerStep beat vmap for the study's CNN on 2 CPU
+# cores (about equal from 6 on).
 _LAYER_MAX = 4
 _RANK_TOL = 1e-6
 _U, _V = "#U", "#V"  # keys of a factored reference gradient's factors
@@ -523,8 +522,8 @@ def reconstruct(
         ``iterations`` is now a cap per restart.
     tol, patience : float, int
         A restart has converged when its best matching loss improved by less than the
-        relative ``tol`` over the last ``patience`` steps. On FSDD clips, restarts crossed
-        flat stretches of up to 529 such steps before reaching a near-zero loss, hence 600.
+        relative ``tol`` over the last ``patience`` steps. Restarts on FSDD clips can cross
+        flat stretches of several hundred such steps before reaching a near-zero loss.
     floor : float
         A restart also stops when its matching loss is below ``floor`` times the loss of a
         zero gradient (``||g_shared||^2`` for ``"l2"``, 1 for ``"cosine"``).
