@@ -92,6 +92,9 @@ class AuditSettings:
     lr_start : float or None
         None (the study's constant step size) or a larger first step size, decreased at
         plateaus down to ``lr`` (faster; see :func:`attacks.features.reconstruct`).
+    extra_restarts : int
+        Restarts beyond ``restarts`` (0, the study's, by default) for a capture none of whose
+        restarts converged, within ``restarts * iterations`` steps per capture.
     griffin_lim_iters : int
         Stage 2 Griffin-Lim iterations.
     label_method : str
@@ -132,6 +135,7 @@ class AuditSettings:
     restarts: int = 2
     lr: float = 0.01
     lr_start: float | None = None
+    extra_restarts: int = 0
     tv_weight: float = 1e-3
     tv_reduction: str = "mean"
     distance: str = "l2"
@@ -172,6 +176,8 @@ class AuditSettings:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
         if self.verifier_clips < 2:
             raise ConfigError(f"verifier_clips must be at least 2, got {self.verifier_clips}")
+        if self.extra_restarts < 0:
+            raise ConfigError(f"--extra-restarts must not be negative, got {self.extra_restarts}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"--max-samples must be at least 1, got {self.max_samples}")
         if self.threads is not None and self.threads < 1:
@@ -199,6 +205,8 @@ class AuditSettings:
         key = {"version": _CACHE_VERSION, **{k: getattr(self, k) for k in keys}}
         if self.lr_start is not None:  # absent by default, so older caches stay valid
             key["lr_start"] = self.lr_start
+        if self.extra_restarts:
+            key["extra_restarts"] = self.extra_restarts
         # Caches from before the option existed summed the total variation.
         if self.tv_reduction != "sum":
             key["tv_reduction"] = self.tv_reduction
@@ -370,6 +378,7 @@ def _reconstruct_kwargs(settings: AuditSettings) -> dict[str, Any]:
         "restarts": settings.restarts,
         "lr": settings.lr,
         "lr_start": settings.lr_start,
+        "extra_restarts": settings.extra_restarts,
         "tv_weight": settings.tv_weight,
         "tv_reduction": settings.tv_reduction,
         "distance": settings.distance,

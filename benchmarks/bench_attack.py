@@ -2,16 +2,19 @@
 
 Both attack the same shared gradients at the study's settings (Li, Zhang, Liu: keyword CNN,
 Mel front-end, batch 1, one local step at the initial weights, the same weights for every
-clip, as for the captures of one round). The plain loop is the
+clip, as for the captures of one round; each clip's gradient is taken with its spoken digit
+as the label, as a client's would be). The plain loop is the
 study's algorithm: one sample at a time, 8000 Adam iterations, two restarts, no early stop
 (:func:`attacks.features.reconstruct_plain`). fedspeech's (:func:`attacks.features.reconstruct`)
 stops iterations and restarts once converged and batches independent targets, once at the
 study's constant Adam step size (in this process, and split over ``--workers`` processes of
-one thread each) and once (``--lr-start``, default 0.1, not the study's) starting at a larger
+one thread each), once more split with ``--extra-restarts`` (not the study's: further restarts
+for the clips none of whose restarts converged, within the plain loop's steps per clip) and
+once (``--lr-start``, default 0.1, not the study's) starting at a larger
 step divided at each plateau down to the study's 0.01. All reconstructions go through the
 same stage 2 and are scored with PESQ-NB and STOI against the original clips. The plain loop
 and the in-process runs get the same torch threads (``--threads``, default all cores), the
-split run one per process; all use the same objective (``--tv-reduction``, default the
+split runs one per process; all use the same objective (``--tv-reduction``, default the
 audit's ``mean``).
 
 Usage::
@@ -44,18 +47,20 @@ from fedspeech.training import compute_gradient
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
 
-def clips(n: int, seed: int) -> np.ndarray:
-    """``n`` one-second FSDD test clips at 16 kHz (or eSpeak words if FSDD is absent)."""
+def clips(n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """``n`` one-second FSDD test clips at 16 kHz and their spoken digits ``(n,)`` (eSpeak
+    words if FSDD is absent)."""
     if FSDD.is_dir():
         from fedspeech.data.audio import read_clip, resample
 
         files = sorted(p for p in FSDD.glob("*.wav") if int(p.stem.split("_")[2]) < 5)
         pick = np.random.default_rng(seed).choice(len(files), n, replace=False)
-        waves = []
+        waves, digits = [], []
         for i in pick:
             x, sr = read_clip(files[int(i)])
             waves.append(fix_length(resample(x, sr, 16000)))
-        return peak_normalize(np.stack(waves))
+            digits.append(int(files[int(i)].stem.split("_")[0]))
+        return peak_normalize(np.stack(waves)), torch.tensor(digits)
     from fedspeech.data.audio import resample
     from fedspeech.data.espeak import ESpeak
     from fedspeech.data.synth import WORDS
@@ -64,18 +69,20 @@ def clips(n: int, seed: int) -> np.ndarray:
     waves = [
         fix_length(resample(tts.synth(WORDS[i % 10]), tts.sample_rate, 16000)) for i in range(n)
     ]
-    return peak_normalize(np.stack(waves))
+    return peak_normalize(np.stack(waves)), torch.arange(n) % 10
 
 
-def targets(waves: np.ndarray, seed: int) -> tuple[list[AttackTarget], torch.Tensor]:
-    """One shared gradient per clip, all at the same initial weights (one round's captures)."""
+def targets(
+    waves: np.ndarray, labels: torch.Tensor, seed: int
+) -> tuple[list[AttackTarget], torch.Tensor]:
+    """One shared gradient per labelled clip, all at the same initial weights (one round's
+    captures)."""
     frontend = build_frontend("mel")
     with torch.no_grad():
         feats = frontend(torch.from_numpy(waves))
     torch.manual_seed(seed)
     model = build_model("kws-cnn")
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    labels = torch.arange(len(waves)) % 10
     out = []
     for i in range(len(waves)):
         grads = compute_gradient(model, feats[i : i + 1], labels[i : i + 1])
@@ -131,6 +138,13 @@ def main() -> None:
         help="processes of one thread each for the split run (default: one per core; 1: skip)",
     )
     ap.add_argument(
+        "--extra-restarts",
+        type=int,
+        default=4,
+        help="restarts beyond --restarts, within the plain loop's steps per clip, for the "
+        "clips none of whose restarts converged (0: skip that run)",
+    )
+    ap.add_argument(
         "--lr-start",
         type=float,
         default=0.1,
@@ -146,16 +160,26 @@ def main() -> None:
         "tv_reduction": args.tv_reduction,
     }
 
-    waves = clips(args.samples, args.seed)
-    tgts, feats = targets(waves, args.seed)
+    waves, digits = clips(args.samples, args.seed)
+    tgts, feats = targets(waves, digits, args.seed)
     labels = [recover_labels(t) for t in tgts]
-    label_acc = float(np.mean([int(lab[0]) == i % 10 for i, lab in enumerate(labels)]))
+    label_acc = float(
+        np.mean([int(lab[0]) == int(d) for lab, d in zip(labels, digits, strict=True)])
+    )
     n_plain = min(args.plain_samples, args.samples)
 
     runs: dict[str, tuple[float, list]] = {}
     methods: list[tuple[str, dict]] = [("constant step", {})]
     if args.workers > 1:
         methods.append((f"constant step, {args.workers} processes", {"workers": args.workers}))
+    if args.extra_restarts > 0:
+        methods.append(
+            (
+                f"+{args.extra_restarts} restarts"
+                + (f", {args.workers} processes" if args.workers > 1 else ""),
+                {"workers": args.workers, "extra_restarts": args.extra_restarts},
+            )
+        )
     if args.lr_start > 0:
         methods.append((f"--lr-start {args.lr_start:g}", {"lr_start": args.lr_start}))
     for name, extra in methods:

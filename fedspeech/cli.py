@@ -147,6 +147,13 @@ def _add_audit_parser(sub: Any) -> None:
         help="start each restart at this larger step size, divided by 3.3 at each plateau "
         "down to --lr (faster than the study's constant step; e.g. 0.1)",
     )
+    aud.add_argument(
+        "--extra-restarts",
+        type=int,
+        default=0,
+        help="restarts beyond --restarts, from new random starts, for a capture none of whose "
+        "restarts converged, within --restarts x --iterations steps (not the study's)",
+    )
     aud.add_argument("--distance", choices=["l2", "cosine"], default="l2", help="gradient distance")
     aud.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
     aud.add_argument(
@@ -199,6 +206,7 @@ def _run_audit(args: argparse.Namespace) -> None:
         restarts=args.restarts,
         lr=args.lr,
         lr_start=args.lr_start,
+        extra_restarts=args.extra_restarts,
         tv_weight=args.tv_weight,
         tv_reduction=args.tv_reduction,
         distance=args.distance,

@@ -254,6 +254,27 @@ def test_early_stop_and_restart_skip(model: torch.nn.Module) -> None:
     assert rec.restarts_run == 2 and rec.iterations < 300
 
 
+def test_extra_restarts_stay_within_the_plain_budget(model: torch.nn.Module) -> None:
+    target = make_target(model, speech_like(1, 4), torch.tensor([8]))
+    labels = [recover_labels(target)]
+    # Every restart plateaus (tol 0.5 over 20 steps) far from zero.
+    stuck = {"iterations": 100, "restarts": 2, "tol": 0.5, "patience": 20}
+    (two,) = reconstruct([target], labels, **stuck)
+    (more,) = reconstruct([target], labels, extra_restarts=50, **stuck)
+    assert two.restarts_run == 2
+    # Further restarts run until the next could not reach the patience within 2 x 100 steps.
+    assert more.restarts_run > 2
+    assert 200 - 20 < more.iterations <= 200
+    assert more.matching_loss <= two.matching_loss  # the first two restarts are the same
+    # A target whose first restart reaches near zero runs no further one.
+    (easy,) = reconstruct(
+        [target], labels, iterations=3000, floor=3e-2, skip_below=3e-2, extra_restarts=3
+    )
+    assert easy.restarts_run == 1
+    with pytest.raises(ConfigError, match="extra_restarts"):
+        reconstruct([target], labels, extra_restarts=-1)
+
+
 def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
     assert DISTANCES.names() == ["cosine", "l2"]
     target = make_target(model, speech_like(1, 5), torch.tensor([0]))

@@ -298,6 +298,8 @@ def test_bad_input_through_the_cli(
         one_line_error(code, capsys.readouterr().err, *needles)
     code = cli_main(["audit", str(run_dir), "--iterations", "0"])
     one_line_error(code, capsys.readouterr().err, "--iterations")
+    code = cli_main(["audit", str(run_dir), "--extra-restarts", "-1"])
+    one_line_error(code, capsys.readouterr().err, "--extra-restarts")
 
     # The real process: exit status and stderr of a truncated capture.
     run = bad_run(tmp_path, "truncated", good[: len(good) // 2])

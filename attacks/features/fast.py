@@ -12,6 +12,10 @@ Same objective, optimiser, starts and restarts as :func:`attacks.features.recons
   features travel their first, long way ten times faster, then settle at the study's step;
 * a target whose restart reached a near-zero matching loss (below ``skip_below`` times
   the zero-gradient loss) runs no further restarts;
+* optionally (``extra_restarts``, not the study's), a target none of whose restarts got
+  there runs further ones from new random starts, within the plain loop's
+  ``restarts * iterations`` steps: a restart in a poor local minimum stops at its plateau
+  long before ``iterations``, and the steps it did not take go to new starts instead;
 * independent targets (same architecture, input shape and batch size; any global
   weights) share one optimisation: their parameters are stacked and the per-target
   objective is vectorised with ``torch.func.vmap`` over ``torch.func.functional_call``.
@@ -75,6 +79,7 @@ class _Job:
     m: torch.Tensor
     v: torch.Tensor
     lr: float
+    cap: int
     steps: int = 0
     best_u: torch.Tensor | None = None
     best_loss: float = float("inf")
@@ -504,6 +509,7 @@ def reconstruct(
     lr_start: float | None = None,
     lr_decay: float = 0.3,
     decay_patience: int = 150,
+    extra_restarts: int = 0,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     on_result: Callable[[int, Reconstruction], None] | None = None,
@@ -549,6 +555,11 @@ def reconstruct(
         Factor in (0, 1) applied to the step size at each such plateau.
     decay_patience : int
         Steps without improvement before the step size is decreased.
+    extra_restarts : int
+        Restarts beyond ``restarts`` (not the study's; 0 by default) for a target none of
+        whose restarts reached ``skip_below``, from further random starts, while its steps
+        stay within ``restarts * iterations``: the plain loop's cost for one target, spent
+        on new starts where a restart stopped in a poor local minimum.
     progress : callable, optional
         Called as ``progress(finished_targets, total_targets)`` after each target.
     on_result : callable, optional
@@ -569,6 +580,8 @@ def reconstruct(
         raise ConfigError(f"got {len(targets)} targets but {len(labels)} label tensors")
     if iterations < 1 or restarts < 1 or max_batch < 1 or patience < 1 or check_every < 1:
         raise ConfigError("iterations, restarts, patience, max_batch and check_every must be >= 1")
+    if extra_restarts < 0:
+        raise ConfigError(f"extra_restarts must be >= 0, got {extra_restarts}")
     if decay_patience < 1 or not 0.0 < lr_decay < 1.0:
         raise ConfigError("decay_patience must be >= 1 and lr_decay in (0, 1)")
     if not lr > 0 or (lr_start is not None and not lr_start >= lr):
@@ -604,6 +617,7 @@ def reconstruct(
             "lr_start": lr_start,
             "lr_decay": lr_decay,
             "decay_patience": decay_patience,
+            "extra_restarts": extra_restarts,
             "seed": seed,
         }
         return reconstruct_in_workers(targets, labels, workers, settings_kw, progress, on_result)
@@ -639,6 +653,7 @@ def reconstruct(
         skip_below,
         max_batch,
         check_every,
+        extra_restarts,
         seed,
     )
     for members in groups.values():
@@ -687,14 +702,21 @@ class _Settings:
     skip_below: float
     max_batch: int
     check_every: int
+    extra_restarts: int
     seed: int
 
 
-def _new_job(group: _Group, k: int, restart: int, s: _Settings) -> _Job:
+def _new_job(group: _Group, k: int, restart: int, s: _Settings, cap: int | None = None) -> _Job:
     t = group.targets[k]
     u = initial_features((t.batch_size, *t.input_shape), s.seed, restart, group.device, t.init_std)
     return _Job(
-        target=k, restart=restart, u=u, m=torch.zeros_like(u), v=torch.zeros_like(u), lr=s.lr_start
+        target=k,
+        restart=restart,
+        u=u,
+        m=torch.zeros_like(u),
+        v=torch.zeros_like(u),
+        lr=s.lr_start,
+        cap=s.iterations if cap is None else cap,
     )
 
 
@@ -734,9 +756,16 @@ def _retire(
     out.restarts += 1
     if job.best_u is not None and (out.features is None or job.best_loss < out.loss):
         out.features, out.loss = job.best_u, job.best_loss
-    near_zero = out.loss <= s.skip_below * group.scale[job.target]
-    if job.restart + 1 < s.restarts and not near_zero:
-        queue.append(_new_job(group, job.target, job.restart + 1, s))
+    if out.loss <= s.skip_below * group.scale[job.target]:
+        return True
+    nxt = job.restart + 1
+    if nxt < s.restarts:
+        queue.append(_new_job(group, job.target, nxt, s))
+        return False
+    # An extra restart shorter than the stop rule's patience could not even plateau.
+    left = s.restarts * s.iterations - out.iterations
+    if nxt < s.restarts + s.extra_restarts and left >= s.patience:
+        queue.append(_new_job(group, job.target, nxt, s, cap=min(s.iterations, left)))
         return False
     return True
 
@@ -759,7 +788,7 @@ def _optimise(group: _Group, s: _Settings, jobs: list[_Job]) -> set[_Job]:
     lr = torch.tensor([j.lr for j in jobs], device=dev, dtype=torch.float64)
     # A hair above lr: "at the final step size" despite rounding in the products.
     final_lr = s.lr * (1 + 1e-9)
-    cap = float(s.iterations)
+    cap = torch.tensor([j.cap for j in jobs], device=dev, dtype=torch.float64)
     view = (n,) + (1,) * (u.dim() - 1)
     done: set[_Job] = set()
     while not done:
