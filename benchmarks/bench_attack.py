@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from attacks.scoring import METRICS
 from attacks.target import AttackTarget
 from attacks.waveform import features_to_wave
 from fedspeech.data.corpus import fix_length
+from fedspeech.fileio import atomic_write_text
 from fedspeech.frontends import build_frontend
 from fedspeech.models import build_model
 from fedspeech.prepare import peak_normalize
@@ -150,6 +152,12 @@ def main() -> None:
         default=0.1,
         help="first step size of the scheduled fedspeech run (0: skip that run)",
     )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench_attack.json"),
+        help="where to save every method's summary and per-clip scores (JSON)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}; TV: {args.tv_reduction}")
@@ -240,6 +248,39 @@ def main() -> None:
             f"{ps:.3f}: {verdict}"
         )
 
+    def rows(recs: list, scores: tuple[np.ndarray, np.ndarray]) -> list[dict]:
+        return [
+            {
+                "clip": i,
+                "label": int(digits[i]),
+                "matching_loss": float(r.matching_loss),
+                "iterations": int(r.iterations),
+                "f_mse": float(((r.features - feats[i : i + 1]) ** 2).mean()),
+                # PESQ scores a silent reconstruction NaN; JSON has null for it.
+                "pesq_nb": None if np.isnan(scores[0][i]) else float(scores[0][i]),
+                "stoi": None if np.isnan(scores[1][i]) else float(scores[1][i]),
+            }
+            for i, r in enumerate(recs)
+        ]
+
+    saved = {
+        "settings": {**vars(args), "out": str(args.out), "torch_threads": torch.get_num_threads()},
+        "label_accuracy": label_acc,
+        "methods": {
+            "plain": {"seconds": plain_s, "clips": rows(plain, scored["plain"])},
+            **{
+                name: {
+                    "seconds": secs,
+                    "ratio": args.samples / secs / (n_plain / plain_s),
+                    "clips": rows(recs, scored[name]),
+                }
+                for name, (secs, recs) in runs.items()
+            },
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(saved, indent=1))
+
     print("\nper clip attacked by the plain loop (matching loss, PESQ-NB, STOI):")
     cols = [("plain", plain)] + [(name, recs[:n_plain]) for name, (_, recs) in runs.items()]
     print(f"{'clip':>4}" + "".join(f"{name[:26]:>28}" for name, _ in cols))
@@ -249,6 +290,7 @@ def main() -> None:
             for name, res in cols
         ]
         print(f"{i:>4}" + "".join(cells))
+    print(f"\nsaved to {args.out}")
 
 
 if __name__ == "__main__":
