@@ -30,6 +30,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,12 +207,11 @@ def main() -> None:
     for name, (_, recs) in runs.items():
         scored[name] = score_each([r.features for r in recs], waves)
 
+    def clip_fmse(i: int, rec: Any) -> float:
+        return float(((rec.features - feats[i : i + 1]) ** 2).mean())
+
     def fmse(recs: list) -> float:
-        return float(
-            np.mean(
-                [((r.features - feats[i : i + 1]) ** 2).mean().item() for i, r in enumerate(recs)]
-            )
-        )
+        return float(np.mean([clip_fmse(i, r) for i, r in enumerate(recs)]))
 
     print(f"\nlabel accuracy (iDLG): {label_acc:.2f}")
     print(
@@ -255,7 +255,7 @@ def main() -> None:
                 "label": int(digits[i]),
                 "matching_loss": float(r.matching_loss),
                 "iterations": int(r.iterations),
-                "f_mse": float(((r.features - feats[i : i + 1]) ** 2).mean()),
+                "f_mse": clip_fmse(i, r),
                 # PESQ scores a silent reconstruction NaN; JSON has null for it.
                 "pesq_nb": None if np.isnan(scores[0][i]) else float(scores[0][i]),
                 "stoi": None if np.isnan(scores[1][i]) else float(scores[1][i]),

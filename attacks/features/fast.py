@@ -420,7 +420,6 @@ class _Group:
             for r in self.refs
         ]
         self.low_rank = _factor_refs(self.refs, list(lin))
-        self.layerwise = False
         self.layer_step: _LayerStep | None = None
         if layerwise and self.shared and lin:
             self._try_layerwise(dist, tv_weight, tv_reduction, tv_dims, set(lin))
@@ -457,7 +456,12 @@ class _Group:
         if torch.allclose(d_new, d_ref, rtol=tol, atol=tol * float(d_ref.abs().max())) and (
             torch.allclose(g_new, g_ref, rtol=tol, atol=tol * float(g_ref.abs().max()))
         ):
-            self.layer_step, self.layerwise = step, True
+            self.layer_step = step
+
+    @property
+    def layerwise(self) -> bool:
+        """Whether :class:`_LayerStep` steps small batches (it passed the check against vmap)."""
+        return self.layer_step is not None
 
     def step_fn(
         self,
