@@ -210,9 +210,10 @@ class AuditSettings:
         # Caches from before the option existed summed the total variation.
         if self.tv_reduction != "sum":
             key["tv_reduction"] = self.tv_reduction
-        # Stage 1's loop changed (patience 600, float64 matching loss of factored layers):
+        # Stage 1's loop changed (2: patience 600, float64 matching loss of factored layers;
+        # 3: the plateau clock no longer restarts when a batch-mate finishes, patience 1200):
         # reconstructions made before are made again.
-        key["stage1_loop"] = 2
+        key["stage1_loop"] = 3
         return key
 
     def scoring_key(self, scored: bool) -> dict[str, Any]:

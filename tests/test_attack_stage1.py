@@ -275,6 +275,19 @@ def test_extra_restarts_stay_within_the_plain_budget(model: torch.nn.Module) -> 
         reconstruct([target], labels, extra_restarts=-1)
 
 
+def test_plateau_clock_survives_batch_changes(model: torch.nn.Module) -> None:
+    # Restarts that plateau at different steps: each one that finishes changes the batch, and
+    # the others' plateau rule must still count from their own last improvement.
+    targets = [make_target(model, speech_like(1, 30 + k), torch.tensor([k])) for k in range(4)]
+    labels = [recover_labels(t) for t in targets]
+    stuck: dict[str, Any] = {"iterations": 400, "restarts": 3, "tol": 0.2, "patience": 20}
+    together = reconstruct(targets, labels, max_batch=4, **stuck)
+    alone = [reconstruct([t], [y], **stuck)[0] for t, y in zip(targets, labels, strict=True)]
+    assert [r.restarts_run for r in together] == [3] * 4
+    assert [r.iterations for r in together] == [r.iterations for r in alone]
+    assert len({r.iterations for r in alone}) > 1  # they did finish at different steps
+
+
 def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
     assert DISTANCES.names() == ["cosine", "l2"]
     target = make_target(model, speech_like(1, 5), torch.tensor([0]))
