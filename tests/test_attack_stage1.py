@@ -258,7 +258,7 @@ def test_extra_restarts_stay_within_the_plain_budget(model: torch.nn.Module) -> 
     target = make_target(model, speech_like(1, 4), torch.tensor([8]))
     labels = [recover_labels(target)]
     # Every restart plateaus (tol 0.5 over 20 steps) far from zero.
-    stuck = {"iterations": 100, "restarts": 2, "tol": 0.5, "patience": 20}
+    stuck: dict[str, Any] = {"iterations": 100, "restarts": 2, "tol": 0.5, "patience": 20}
     (two,) = reconstruct([target], labels, **stuck)
     (more,) = reconstruct([target], labels, extra_restarts=50, **stuck)
     assert two.restarts_run == 2
@@ -374,7 +374,12 @@ def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
     x = speech_like(1, 6)
     target = make_target(model, x, torch.tensor([3]))
     labels = [recover_labels(target)]
-    opts = {"iterations": 3000, "restarts": 1, "patience": 100, "decay_patience": 50}
+    opts: dict[str, Any] = {
+        "iterations": 3000,
+        "restarts": 1,
+        "patience": 100,
+        "decay_patience": 50,
+    }
     (const,) = reconstruct([target], labels, **opts)
     (sched,) = reconstruct([target], labels, lr_start=0.1, **opts)
     # The constant step runs out its patience at the study's 0.01 as well, so the schedule

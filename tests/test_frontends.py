@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import librosa
@@ -100,7 +101,7 @@ def _clips() -> list[object]:
 
 
 @pytest.mark.parametrize("make_clip", _clips())
-def test_mel_matches_librosa(make_clip, mel: MelFrontend) -> None:
+def test_mel_matches_librosa(make_clip: Callable[[], np.ndarray], mel: MelFrontend) -> None:
     y = make_clip()
     ref = librosa_mel(y)
     out = mel(torch.from_numpy(y))
@@ -110,7 +111,7 @@ def test_mel_matches_librosa(make_clip, mel: MelFrontend) -> None:
 
 
 @pytest.mark.parametrize("make_clip", _clips())
-def test_mfcc_matches_librosa(make_clip, mfcc: MfccFrontend) -> None:
+def test_mfcc_matches_librosa(make_clip: Callable[[], np.ndarray], mfcc: MfccFrontend) -> None:
     y = make_clip()
     ref = librosa_mfcc(y)
     raw = mfcc.cepstra(torch.from_numpy(y))[0].detach().numpy()
@@ -121,7 +122,9 @@ def test_mfcc_matches_librosa(make_clip, mfcc: MfccFrontend) -> None:
 
 
 @pytest.mark.parametrize("make_clip", _clips())
-def test_float64_matches_librosa_closely(make_clip, mel: MelFrontend, mfcc: MfccFrontend) -> None:
+def test_float64_matches_librosa_closely(
+    make_clip: Callable[[], np.ndarray], mel: MelFrontend, mfcc: MfccFrontend
+) -> None:
     y = make_clip().astype(np.float64)
     ref = librosa_mel(y)
     out = mel(torch.from_numpy(y))[0].numpy()

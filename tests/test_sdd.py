@@ -73,7 +73,7 @@ def test_kws_only_key_rejected_for_sdd(key: str) -> None:
 
 @pytest.mark.parametrize("key", SDD_ONLY)
 def test_sdd_only_key_rejected_for_kws(key: str) -> None:
-    value: object = {
+    value: dict[str, object] = {
         "clip_samples": 8000,
         "test_clips": 10,
         "roga_rho": 0.1,
@@ -383,7 +383,7 @@ def test_client_passes_the_configured_roga_domains(
     )
     # Explicit metadata: a message made outside a Flower run has no run identity to take.
     meta = Metadata(0, "m", 0, 1, "", "", created_at=time.time(), ttl=600, message_type="train")
-    msg = Message(content=content, metadata=meta)
+    msg = Message(content=content, metadata=meta)  # type: ignore[call-overload]
     context = Context(0, 0, {"partition-id": 0}, RecordDict(), {})
     reply = train(msg, context)
     assert 0.0 <= float(reply.content.metric_records["metrics"]["conflict-rate"]) <= 1.0  # type: ignore[arg-type]
