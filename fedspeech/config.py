@@ -1,145 +1,473 @@
-"""Simulation configuration: one dataclass, filled from defaults, a TOML file and flags.
+"""Run settings, each declared once.
 
-Precedence, lowest first: field defaults, ``--config FILE`` (TOML), command-line flags.
-Keys may be written with hyphens or underscores (``capture-clients`` = ``capture_clients``).
+Every setting of ``fedspeech simulate`` is one field of :class:`SimConfig`, declared with
+:func:`setting`: its type (the annotation), default, per-task defaults, help text, group,
+allowed values or range, and which tasks read it. Everything else is derived from that one
+declaration: the argparse flags (:mod:`fedspeech.cli`), the TOML reader and writer, the
+Flower App config (``flwr run .``) and the validation of types and ranges. The same field
+metadata keys (``help``, ``choices``, ``flag``, ``minimum``, ...) describe the audit's
+settings, whose dataclasses live with the audit and the attack library.
 
-Two tasks share the keys: ``kws`` (keyword spotting, the default) and ``sdd`` (speech-deepfake
-detection). The keys in :data:`TASK_DEFAULTS` take their default from the task unless they were
-set explicitly; keys that only one task reads (:data:`KWS_ONLY`, :data:`SDD_ONLY`) are an error
-when set for the other task.
+Precedence, lowest first: field defaults (or the task's default), ``--config FILE`` (TOML),
+command-line flags. Keys may be written with hyphens or underscores (``capture-clients`` =
+``capture_clients``). Names behind a registry (model, front-end, alignment, ...) are checked
+by the task plugins (:func:`fedspeech.tasks.check_config`), which own those registries'
+layers; this module checks types, ranges and fixed choices only.
+
+Examples
+--------
+>>> cfg = SimConfig.from_mapping({"task": "sdd", "clients": 5})
+>>> (cfg.model, cfg.lr, cfg.clients)
+('aasist-xs', 0.003, 5)
+>>> SimConfig.from_mapping({"lr": float("nan")})
+Traceback (most recent call last):
+...
+fedspeech.errors.ConfigError: --lr must be a finite number, got nan
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedspeech.errors import ConfigError
 
-SHARE_MODES = ("update", "gradient")
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
-TASKS = ("kws", "sdd")
-NORMALIZE = ("peak", "none")
-# ``--alignment``: the aligners of fedspeech.training.aligners, plus RoGA.
-ROGA = "roga"
-# ``--roga-domains``: what RoGA's domains are (see fedspeech.training.sdd); the first, each
-# clip's attack type, is the default.
-ROGA_DOMAINS = ("attack", "speaker", "path")
-
-
-def check_roga_domains(kind: str) -> None:
-    """Raise :class:`ConfigError` unless ``kind`` is one of :data:`ROGA_DOMAINS`."""
-    if kind not in ROGA_DOMAINS:
-        raise ConfigError(f"unknown --roga-domains {kind!r}; known: {', '.join(ROGA_DOMAINS)}")
-
-
-# Keys whose default depends on the task (applied unless the key was set explicitly).
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "kws": {
-        "dataset": "synth",
-        "model": "kws-cnn",
-        "lr": 0.1,
-        "batch_size": 16,
-        "rounds": 30,
-        "local_steps": 0,
-        "fraction": 0.2,
-    },
-    # Sized so that ``fedspeech simulate --task sdd --clients 50`` finishes in well under
-    # 15 minutes on two shared CPU cores (see README, "Speech-deepfake detection").
-    "sdd": {
-        "dataset": "builtin",
-        "model": "aasist-xs",
-        "fraction": 0.1,
-        "lr": 3e-3,
-        "batch_size": 16,
-        "rounds": 12,
-        "local_steps": 10,
-    },
+#: Help groups of ``fedspeech simulate --help``, in display order.
+GROUPS: dict[str, str] = {
+    "task": "task",
+    "data": "data",
+    "model": "model",
+    "federation": "federation",
+    "sharing": "what clients share",
+    "capture": "capture (the honest-but-curious server)",
+    "audit": "audit after each round (--audit)",
+    "sdd": "speech-deepfake detection (--task sdd)",
+    "ray": "Ray",
+    "output": "output",
 }
-# Keys only keyword spotting reads, and keys only speech-deepfake detection reads.
-KWS_ONLY = (
-    "words",
-    "normalize",
-    "frontend",
-    "activation",
-    "synth_speakers",
-    "synth_takes",
-)
-SDD_ONLY = (
-    "augment",
-    "alignment",
-    "optimizer",
-    "clip_samples",
-    "test_clips",
-    "bonafide_root",
-    "roga_rho",
-    "roga_alpha",
-    "roga_domains",
-    "dropout",
-)
-# Keys whose command-line flag is not ``--key`` (the flag switches the default off).
-_NEGATED_FLAGS = {"dropout": "--no-dropout"}
 
 
-@dataclass
+def setting(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    tasks: Sequence[str] | None = None,
+    task_defaults: Mapping[str, Any] | None = None,
+    choices: Sequence[str] | None = None,
+    registry: str | None = None,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """Declare one setting: a dataclass field whose metadata drives parsers and checks.
+
+    Parameters
+    ----------
+    default
+        The default (of the first task, ``kws``, where ``task_defaults`` overrides it).
+    help : str
+        One line for ``--help``.
+    group : str
+        A key of :data:`GROUPS`.
+    tasks : sequence of str, optional
+        The tasks that read the setting (None: all); setting it for another task is an error.
+    task_defaults : mapping, optional
+        Task name -> default for that task, applied unless the key was set explicitly.
+    choices : sequence of str, optional
+        Fixed allowed values.
+    registry : str, optional
+        The name registry whose names are allowed (checked by :mod:`fedspeech.tasks`).
+    minimum, above, maximum : float, optional
+        ``value >= minimum``, ``value > above``, ``value <= maximum``.
+    flag : str, optional
+        The command-line flag when it is not ``--`` + the hyphenated name (``--no-dropout``).
+    metavar : str, optional
+        Placeholder shown in ``--help``.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown settings group {group!r}")
+    meta = {
+        "help": help,
+        "group": group,
+        "tasks": tuple(tasks) if tasks is not None else None,
+        "task_defaults": dict(task_defaults or {}),
+        "choices": tuple(choices) if choices is not None else None,
+        "registry": registry,
+        "minimum": minimum,
+        "above": above,
+        "maximum": maximum,
+        "flag": flag,
+        "metavar": metavar,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """What one dataclass field declares, resolved (see :func:`setting`)."""
+
+    name: str
+    type: type
+    optional: bool
+    default: Any
+    help: str
+    group: str | None
+    tasks: tuple[str, ...] | None
+    task_defaults: Mapping[str, Any]
+    choices: tuple[str, ...] | None
+    registry: str | None
+    minimum: float | None
+    above: float | None
+    maximum: float | None
+    flag: str
+    metavar: str | None
+
+    @property
+    def key(self) -> str:
+        """The hyphenated key of TOML files and the Flower run config."""
+        return self.name.replace("_", "-")
+
+    def coerce(self, value: Any, source: str) -> Any:
+        """``value`` as this setting's type; :class:`ConfigError` naming the key otherwise."""
+        if value is None and self.optional:
+            return None
+        kind = self.type
+        try:
+            if kind is bool:
+                if isinstance(value, bool):
+                    return value
+                text = str(value).lower()
+                if text in ("1", "true", "yes"):
+                    return True
+                if text in ("0", "false", "no"):
+                    return False
+                raise ValueError
+            if isinstance(value, bool) or isinstance(value, (dict, list)):
+                raise ValueError
+            if kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                return int(value)
+            if kind is float:
+                return float(value)
+            return str(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(
+                f"{self.key} in {source}: expected {kind.__name__}, got {value!r}"
+            ) from None
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`ConfigError` naming the flag if ``value`` is out of range or choice."""
+        if value is None:
+            return
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{self.flag} must be a finite number, got {value}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(
+                f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}"
+            )
+        if self.above is not None and self.maximum is not None:
+            if not self.above < value <= self.maximum:
+                interval = f"({self.above:g}, {self.maximum:g}]"
+                raise ConfigError(f"{self.flag} must be in {interval}, got {value}")
+        if self.above is not None and not value > self.above:
+            bound = "positive" if self.above == 0 else f"greater than {self.above:g}"
+            raise ConfigError(f"{self.flag} must be {bound}, got {value}")
+        if self.minimum is not None and not value >= self.minimum:
+            bound = "not be negative" if self.minimum == 0 else f"be at least {self.minimum:g}"
+            raise ConfigError(f"{self.flag} must {bound}, got {value}")
+        if self.maximum is not None and not value <= self.maximum:
+            raise ConfigError(f"{self.flag} must be at most {self.maximum:g}, got {value}")
+
+    def default_for(self, task: str) -> Any:
+        """The default of this setting for ``task``."""
+        return self.task_defaults.get(task, self.default)
+
+
+@cache
+def settings_of(cls: type) -> tuple[SettingInfo, ...]:
+    """The settings a dataclass declares, in field order (fields without ``help`` skipped).
+
+    Works on any dataclass whose fields carry :func:`setting`-style metadata (at least
+    ``help``); the audit's and the attack's settings use the same keys.
+    """
+    hints = typing.get_type_hints(cls)
+    out = []
+    for fld in dataclasses.fields(cls):
+        meta = fld.metadata
+        if "help" not in meta:
+            continue
+        kind, optional = _unwrap(hints[fld.name])
+        if fld.default is not dataclasses.MISSING:
+            default = fld.default
+        elif fld.default_factory is not dataclasses.MISSING:
+            default = fld.default_factory()
+        else:
+            default = None
+        out.append(
+            SettingInfo(
+                name=fld.name,
+                type=kind,
+                optional=optional,
+                default=default,
+                help=meta["help"],
+                group=meta.get("group"),
+                tasks=meta.get("tasks"),
+                task_defaults=meta.get("task_defaults") or {},
+                choices=meta.get("choices"),
+                registry=meta.get("registry"),
+                minimum=meta.get("minimum"),
+                above=meta.get("above"),
+                maximum=meta.get("maximum"),
+                flag=meta.get("flag") or "--" + fld.name.replace("_", "-"),
+                metavar=meta.get("metavar"),
+            )
+        )
+    return tuple(out)
+
+
+def _unwrap(hint: Any) -> tuple[type, bool]:
+    """``(type, optional)`` of an annotation such as ``int``, ``str | None``."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def check_settings(obj: Any) -> None:
+    """Check every declared setting of a dataclass instance against its declaration."""
+    for info in settings_of(type(obj)):
+        info.check(getattr(obj, info.name))
+
+
+@dataclass(frozen=True)
 class SimConfig:
-    """Everything a simulation run needs; see ``fedspeech simulate --help``."""
+    """Everything a simulation run needs; see ``fedspeech simulate --help``.
 
-    task: str = "kws"
-    dataset: str = "synth"
-    data_root: str | None = None
-    words: str | None = None
-    normalize: str = "peak"
-    frontend: str = "mel"
-    model: str = "kws-cnn"
-    activation: str = "relu"
-    clients: int = 10
-    fraction: float = 0.2
-    rounds: int = 30
-    partition: str = "speaker"
-    alpha: float = 0.5
-    share: str = "update"
-    local_epochs: int = 3
-    local_steps: int = 0
-    batch_size: int = 16
-    lr: float = 0.1
-    momentum: float = 0.0
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01
-    server_lr: float = 0.01
-    capture_clients: str = "1"
-    seed: int = 0
-    out: str | None = None
-    ray_address: str | None = None
-    cpus_per_client: float = 1.0
-    synth_speakers: int = 200
-    synth_takes: int = 3
-    augment: str = "rawboost:4"
-    alignment: str = "pcgrad"
-    optimizer: str = "adam"
-    clip_samples: int = 4000
-    test_clips: int = 400
-    bonafide_root: str | None = None
-    roga_rho: float = 0.1
-    roga_alpha: float = 2e-4
-    roga_domains: str = ROGA_DOMAINS[0]
-    dropout: bool = True
-    audit: bool = False
-    audit_iterations: int = 8000
-    audit_threads: int = 0
-    progress: bool = True
+    Build it with :meth:`from_mapping`, :meth:`from_toml` or :meth:`updated`, which coerce
+    types, apply the task's defaults and validate.
+    """
+
+    task: str = setting(
+        "kws",
+        "kws (keyword spotting) or sdd (speech-deepfake detection)",
+        group="task",
+        registry="task",
+    )
+    dataset: str = setting(
+        "synth",
+        "dataset name (the built-in corpus is built and cached on first use)",
+        group="data",
+        task_defaults={"sdd": "builtin"},
+        registry="dataset",
+    )
+    data_root: str | None = setting(
+        None, "dataset folder (built-in corpus: the cache)", group="data", metavar="DIR"
+    )
+    words: str | None = setting(
+        None,
+        "comma-separated words, or 'all' (Speech Commands; default: the 10-word subset)",
+        group="data",
+        tasks=("kws",),
+    )
+    normalize: str = setting(
+        "peak",
+        "per-clip gain before the front-end",
+        group="data",
+        tasks=("kws",),
+        choices=("peak", "none"),
+    )
+    synth_speakers: int = setting(
+        200, "speakers in the built-in corpus", group="data", tasks=("kws",), minimum=1
+    )
+    synth_takes: int = setting(
+        3,
+        "takes per word and speaker in the built-in corpus",
+        group="data",
+        tasks=("kws",),
+        minimum=1,
+    )
+    partition: str = setting(
+        "speaker", "how clips are split over clients", group="data", registry="partition"
+    )
+    alpha: float = setting(
+        0.5, "Dirichlet concentration of --partition dirichlet", group="data", above=0
+    )
+    frontend: str = setting(
+        "mel", "front-end features", group="model", tasks=("kws",), registry="frontend"
+    )
+    model: str = setting(
+        "kws-cnn",
+        "model name",
+        group="model",
+        task_defaults={"sdd": "aasist-xs"},
+        registry="model",
+    )
+    activation: str = setting(
+        "relu",
+        "model activation",
+        group="model",
+        tasks=("kws",),
+        choices=("relu", "sigmoid", "tanh"),
+    )
+    clients: int = setting(10, "number of simulated clients", group="federation", minimum=1)
+    fraction: float = setting(
+        0.2,
+        "fraction of clients sampled per round, in (0, 1]",
+        group="federation",
+        task_defaults={"sdd": 0.1},
+        above=0,
+        maximum=1,
+    )
+    rounds: int = setting(
+        30, "federated rounds", group="federation", task_defaults={"sdd": 12}, minimum=1
+    )
+    strategy: str = setting(
+        "fedavg", "server strategy", group="federation", choices=("fedavg", "fedprox", "fedadam")
+    )
+    proximal_mu: float = setting(0.01, "FedProx proximal term", group="federation", minimum=0)
+    server_lr: float = setting(0.01, "FedAdam server learning rate", group="federation", above=0)
+    seed: int = setting(
+        0,
+        "seed of data, partition, sampling and initial weights",
+        group="federation",
+        minimum=0,
+    )
+    share: str = setting(
+        "update",
+        "what clients send: update (new weights) or gradient (one step)",
+        group="sharing",
+        choices=("update", "gradient"),
+    )
+    local_epochs: int = setting(
+        3, "local epochs per round (share=update)", group="sharing", minimum=0
+    )
+    local_steps: int = setting(
+        0,
+        "exact local steps per round; overrides --local-epochs (0: use epochs)",
+        group="sharing",
+        task_defaults={"sdd": 10},
+        minimum=0,
+    )
+    batch_size: int = setting(
+        16,
+        "local batch size (1 = the leakage study's threat model)",
+        group="sharing",
+        minimum=1,
+    )
+    lr: float = setting(
+        0.1, "client learning rate", group="sharing", task_defaults={"sdd": 3e-3}, above=0
+    )
+    momentum: float = setting(0.0, "client SGD momentum", group="sharing", minimum=0)
+    capture_clients: str = setting(
+        "1", "clients captured per round: a number or 'all'", group="capture", metavar="N"
+    )
+    audit: bool = setting(
+        False,
+        "attack the captured clients after each round; leakage per round in metrics.json, "
+        "accuracy.png and audit/",
+        group="audit",
+    )
+    audit_iterations: int | None = setting(
+        None,
+        "stage-1 steps per restart, a cap (default: fedspeech audit's --iterations)",
+        group="audit",
+        minimum=1,
+    )
+    audit_threads: int = setting(
+        0, "torch threads of the attack (0 = every core)", group="audit", minimum=0
+    )
+    augment: str = setting(
+        "rawboost:4",
+        "augmentation of the second path, rawboost:N (N = 1-8)",
+        group="sdd",
+        tasks=("sdd",),
+        registry="augmentation",
+    )
+    alignment: str = setting(
+        "pcgrad",
+        "local trainer: dual-path gradient alignment or RoGA",
+        group="sdd",
+        tasks=("sdd",),
+        registry="alignment",
+    )
+    optimizer: str = setting(
+        "adam", "local optimizer", group="sdd", tasks=("sdd",), registry="optimizer"
+    )
+    clip_samples: int = setting(
+        4000, "clip length in samples at 16 kHz", group="sdd", tasks=("sdd",), above=0
+    )
+    test_clips: int = setting(
+        400,
+        "test clips scored each round (fixed random subset; 0 = all)",
+        group="sdd",
+        tasks=("sdd",),
+        minimum=0,
+    )
+    bonafide_root: str | None = setting(
+        None,
+        "build the built-in spoof corpus from this speech folder",
+        group="sdd",
+        tasks=("sdd",),
+        metavar="DIR",
+    )
+    roga_rho: float = setting(0.1, "RoGA ascent radius", group="sdd", tasks=("sdd",), minimum=0)
+    roga_alpha: float = setting(
+        2e-4, "RoGA alignment weight", group="sdd", tasks=("sdd",), minimum=0
+    )
+    roga_domains: str = setting(
+        "attack",
+        "RoGA's domains: attack (attack id, bona fide its own), speaker, or path "
+        "(clean vs augmented)",
+        group="sdd",
+        tasks=("sdd",),
+        registry="roga-domains",
+    )
+    dropout: bool = setting(
+        True,
+        "train AASIST without dropout (the audit's best case: the server can then "
+        "reproduce the client's network exactly)",
+        group="sdd",
+        tasks=("sdd",),
+        flag="--no-dropout",
+    )
+    ray_address: str | None = setting(
+        None,
+        "address of an existing Ray cluster (default: start a local one)",
+        group="ray",
+        metavar="HOST:PORT",
+    )
+    cpus_per_client: float = setting(1.0, "Ray CPUs reserved per client", group="ray", above=0)
+    out: str | None = setting(
+        None, "run folder (default runs/<timestamp>)", group="output", metavar="DIR"
+    )
+    progress: bool = setting(
+        True, "progress bars and one line per round (--quiet: none)", group="output", flag="--quiet"
+    )
     # Keys set explicitly (by a file, flags or a mapping); not a setting itself.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     # ------------------------------------------------------------------ building
     @classmethod
     def keys(cls) -> list[str]:
         """Names of the settable keys (underscore form)."""
-        return [f.name for f in dataclasses.fields(cls) if f.name != "explicit"]
+        return [info.name for info in settings_of(cls)]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> SimConfig:
@@ -148,24 +476,22 @@ class SimConfig:
 
     def updated(self, values: Mapping[str, Any], source: str = "config") -> SimConfig:
         """A copy with ``values`` applied on top (``None`` values are ignored)."""
-        known = {f.name: f for f in dataclasses.fields(self) if f.name != "explicit"}
+        known = {info.name: info for info in settings_of(type(self))}
         changes: dict[str, Any] = {}
         for raw_key, value in values.items():
             key = raw_key.replace("-", "_")
             if key not in known:
-                names = ", ".join(k.replace("_", "-") for k in sorted(known))
+                names = ", ".join(sorted(info.key for info in known.values()))
                 raise ConfigError(f"unknown config key {raw_key!r} in {source}; known: {names}")
             if value is None:
                 continue
-            changes[key] = _coerce(key, value, known[key], source)
+            changes[key] = known[key].coerce(value, source)
         explicit = self.explicit | {k for k in changes if k != "progress"}
         task = changes.get("task", self.task)
-        for key, default in TASK_DEFAULTS.get(task, {}).items():
-            if key not in explicit:
-                changes[key] = default
-        new = dataclasses.replace(self, explicit=frozenset(explicit), **changes)
-        new.validate()
-        return new
+        for info in known.values():
+            if info.task_defaults and info.name not in explicit:
+                changes[info.name] = info.default_for(task)
+        return dataclasses.replace(self, explicit=frozenset(explicit), **changes)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SimConfig:
@@ -174,88 +500,32 @@ class SimConfig:
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise :class:`ConfigError` on values no run could use."""
-        if self.clients < 1:
-            raise ConfigError(f"--clients must be at least 1, got {self.clients}")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.rounds < 1:
-            raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
-        if self.share not in SHARE_MODES:
-            raise ConfigError(
-                f"--share must be one of {', '.join(SHARE_MODES)}, got {self.share!r}"
-            )
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        """Raise :class:`ConfigError` on values no run could use (types, ranges, choices).
+
+        Names behind registries are checked by :func:`fedspeech.tasks.check_config`.
+        """
+        check_settings(self)
         self._validate_task_keys()
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.local_epochs < 0 or self.local_steps < 0:
-            raise ConfigError("--local-epochs and --local-steps must not be negative")
         if self.local_epochs == 0 and self.local_steps == 0:
             raise ConfigError("one of --local-epochs or --local-steps must be positive")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.alpha <= 0:
-            raise ConfigError(f"--alpha must be positive, got {self.alpha}")
-        if self.cpus_per_client <= 0:
-            raise ConfigError(f"--cpus-per-client must be positive, got {self.cpus_per_client}")
-        if self.normalize not in NORMALIZE:
+        count = self.capture_count()  # validates the spelling
+        if count is not None and count > self.clients:
             raise ConfigError(
-                f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}"
+                f"--capture-clients {count} is more than --clients {self.clients} "
+                "(use 'all' to capture every client)"
             )
-        if self.audit_iterations < 1:
-            raise ConfigError(f"--audit-iterations must be at least 1, got {self.audit_iterations}")
-        if self.audit_threads < 0:
-            raise ConfigError(f"--audit-threads must not be negative, got {self.audit_threads}")
-        if self.audit and self.capture_count() == 0:
+        if self.audit and count == 0:
             raise ConfigError("--audit needs captures: --capture-clients must not be 0")
-        self.capture_count()  # validates the spelling
-        if self.task == "sdd":
-            self._validate_sdd()
 
     def _validate_task_keys(self) -> None:
-        """Keys that only the other task reads must not be set."""
-        other = SDD_ONLY if self.task == "kws" else KWS_ONLY
-        misused = [k for k in other if k in self.explicit]
+        """Keys that only another task reads must not be set."""
+        misused = [
+            info.flag
+            for info in settings_of(type(self))
+            if info.tasks is not None and self.task not in info.tasks and info.name in self.explicit
+        ]
         if misused:
-            flags = ", ".join(_NEGATED_FLAGS.get(k, "--" + k.replace("_", "-")) for k in misused)
-            raise ConfigError(f"{flags} cannot be used with --task {self.task}")
-
-    def _validate_sdd(self) -> None:
-        """Values only speech-deepfake detection reads (names behind their registries)."""
-        from fedspeech.augment import build_augmentation
-        from fedspeech.training.aligners import ALIGNERS
-        from fedspeech.training.dual_path import OPTIMIZERS
-
-        if self.share != "update":
-            raise ConfigError("--task sdd trains locally and shares updates; use --share update")
-        if self.strategy == "fedprox":
-            raise ConfigError(
-                "--strategy fedprox is not available with --task sdd (the dual-path "
-                "step has no proximal term); use fedavg or fedadam"
-            )
-        aug = build_augmentation(self.augment)
-        if aug.domain != "wave":
-            raise ConfigError(
-                f"--augment {self.augment!r} works on spectral features; --task sdd "
-                "models take raw waveforms (use rawboost:N)"
-            )
-        known = [*ALIGNERS.names(), ROGA]
-        if self.alignment not in known:
-            raise ConfigError(
-                f"unknown alignment {self.alignment!r}; known: {', '.join(sorted(known))}"
-            )
-        OPTIMIZERS.get(self.optimizer)
-        if self.clip_samples < 1:
-            raise ConfigError(f"--clip-samples must be positive, got {self.clip_samples}")
-        if self.test_clips < 0:
-            raise ConfigError(f"--test-clips must not be negative, got {self.test_clips}")
-        if self.roga_rho < 0 or self.roga_alpha < 0:
-            raise ConfigError("--roga-rho and --roga-alpha must not be negative")
-        check_roga_domains(self.roga_domains)
+            raise ConfigError(f"{', '.join(misused)} cannot be used with --task {self.task}")
 
     def capture_count(self) -> int | None:
         """Clients captured per round: ``None`` means all."""
@@ -278,23 +548,38 @@ class SimConfig:
 
     # ------------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the settable keys (hyphenated, ``None`` values dropped)."""
+        """Plain dict of the keys this task reads (hyphenated, ``None`` values dropped)."""
         out: dict[str, Any] = {}
-        skip = SDD_ONLY if self.task == "kws" else KWS_ONLY
-        for key in self.keys():
-            if key in skip:
+        for info in settings_of(type(self)):
+            if info.tasks is not None and self.task not in info.tasks:
                 continue
-            value = getattr(self, key)
+            value = getattr(self, info.name)
             if value is not None:
-                out[key.replace("_", "-")] = value
+                out[info.key] = value
         return out
 
     def to_toml(self) -> str:
-        """The resolved configuration as TOML text."""
-        lines = ["# fedspeech simulate: resolved configuration", "[simulate]"]
-        for key, value in self.to_dict().items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        """The resolved configuration as TOML text (``[simulate]`` table)."""
+        header = "# fedspeech simulate: resolved configuration\n"
+        return header + tomli_w.dumps({"simulate": self.to_dict()})
+
+
+def task_defaults(task: str) -> dict[str, Any]:
+    """Keys whose default for ``task`` differs from the declared default, with that value."""
+    return {
+        info.name: info.task_defaults[task]
+        for info in settings_of(SimConfig)
+        if task in info.task_defaults
+    }
+
+
+def task_only_keys(task: str) -> tuple[str, ...]:
+    """Keys that only ``task`` reads."""
+    return tuple(
+        info.name
+        for info in settings_of(SimConfig)
+        if info.tasks is not None and tuple(info.tasks) == (task,)
+    )
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -318,41 +603,3 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             )
         return dict(data["simulate"])
     return data
-
-
-def _coerce(key: str, value: Any, fld: dataclasses.Field[Any], source: str) -> Any:
-    kind = str(fld.type).removesuffix(" | None")
-    flag = key.replace("_", "-")
-    try:
-        if kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes"):
-                return True
-            if str(value).lower() in ("0", "false", "no"):
-                return False
-            raise ValueError
-        if kind == "str":
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} in {source}: expected {kind}, got {value!r}") from None
-    return value
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'

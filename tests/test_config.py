@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from fedspeech.config import SimConfig, read_toml
+from fedspeech.config import GROUPS, SimConfig, read_toml, settings_of, task_defaults
 from fedspeech.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_validate() -> None:
@@ -55,3 +59,58 @@ def test_invalid_toml(tmp_path: Path) -> None:
     path.write_text("clients = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         read_toml(path)
+
+
+def test_every_setting_is_declared_with_help_and_group() -> None:
+    fields = [f.name for f in dataclasses.fields(SimConfig) if f.name != "explicit"]
+    infos = {info.name: info for info in settings_of(SimConfig)}
+    assert sorted(infos) == sorted(fields)
+    for info in infos.values():
+        assert info.help and info.group in GROUPS, info.name
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("lr", float("nan"), "--lr must be a finite number"),
+        ("lr", float("inf"), "--lr must be a finite number"),
+        ("lr", 0.0, "--lr must be positive"),
+        ("momentum", -0.1, "--momentum must not be negative"),
+        ("server_lr", -1.0, "--server-lr must be positive"),
+        ("proximal_mu", -1.0, "--proximal-mu must not be negative"),
+        ("cpus_per_client", float("nan"), "--cpus-per-client must be a finite number"),
+        ("seed", -1, "--seed must not be negative"),
+        ("normalize", "loud", "--normalize must be one of peak, none"),
+        ("strategy", "fedsgd", "--strategy must be one of fedavg, fedprox, fedadam"),
+        ("clients", 0, "--clients must be at least 1"),
+    ],
+)
+def test_declared_ranges_are_checked(key: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        SimConfig.from_mapping({key: value})
+    assert needle in str(err.value)
+
+
+def test_task_defaults_come_from_the_declaration() -> None:
+    sdd = SimConfig.from_mapping({"task": "sdd"})
+    for key, value in task_defaults("sdd").items():
+        assert getattr(sdd, key) == value
+    # Back to kws: the declared defaults again, unless set explicitly.
+    back = SimConfig.from_mapping({"task": "sdd", "rounds": 4}).updated({"task": "kws"})
+    assert back.rounds == 4 and back.lr == SimConfig().lr and back.model == "kws-cnn"
+
+
+def test_flower_app_config_holds_known_settings() -> None:
+    """``[tool.flwr.app.config]`` (``flwr run .``) is read through the same declaration."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    run_config = pyproject["tool"]["flwr"]["app"]["config"]
+    cfg = SimConfig.from_mapping(run_config, "the Flower run config")
+    assert cfg.clients == run_config["clients"]
+    assert set(run_config) <= {info.key for info in settings_of(SimConfig)}
+
+
+def test_toml_writer_escapes_strings(tmp_path: Path) -> None:
+    cfg = SimConfig.from_mapping({"data-root": 'C:\\odd "quoted" path', "out": "x\ny"})
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml())
+    assert SimConfig.from_toml(path) == cfg
