@@ -198,8 +198,7 @@ def _add_audit_parser(sub: Any) -> None:
 def _run_audit(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from attacks.audit import AUDIT_DIR, AuditSettings, audit_run
-    from attacks.report import summary_table
+    from fedspeech.audit import AUDIT_DIR, AuditSettings, audit_run, summary_table
 
     settings = AuditSettings(
         iterations=args.iterations,
