@@ -182,14 +182,16 @@ def _update_to_gradient(
     """Mean-gradient estimate, samples behind it and local steps, from a FedAvg update."""
     lr = _training_value(cap, cid, "lr")
     momentum = _training_value(cap, cid, "momentum", 0.0)
-    local_steps = int(_training_value(cap, cid, "local_steps", 0))
     if lr <= 0:
         raise CaptureFormatError(f"capture {cid} has a non-positive learning rate {lr}")
-    if local_steps > 0:
-        steps = local_steps
+    recorded = cap.local_steps()
+    if recorded is not None:
+        steps = recorded
         # Examples seen over all steps; repeats cannot be told apart from the capture.
         samples = cap.num_examples
     else:
+        # The run set local epochs, not steps: the capture records no step count, so it is
+        # worked out as the client's loader did, from its clips and the batch size.
         batch = int(_training_value(cap, cid, "batch_size"))
         epochs = max(int(_training_value(cap, cid, "local_epochs", 1)), 1)
         if batch <= 0:
@@ -217,8 +219,9 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
     AttackTarget
         For ``kind="gradient"`` the shared tensors are the gradient and ``batch_size`` is
         ``num_examples``. For ``kind="update"`` the gradient is estimated as
-        ``(w_global - w_shared) / (lr * steps)``, with ``steps = local_steps`` or, when that
-        is 0, ``ceil(clips / batch_size) * local_epochs`` (momentum folded in by
+        ``(w_global - w_shared) / (lr * steps)``, with the steps the capture records
+        (:meth:`fedspeech.capture.Capture.local_steps`) or, for a run set by local epochs,
+        ``ceil(clips / batch_size) * local_epochs`` (momentum folded in by
         :func:`effective_steps`; a FedProx proximal term, zero at the first step, is
         ignored). ``batch_size`` is then the client's clip count (examples seen divided
         by ``local_epochs``), or the examples seen when ``local_steps`` is set.

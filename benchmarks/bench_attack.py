@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.features import reconstruct, reconstruct_plain
+from attacks.features import Stage1Settings, reconstruct, reconstruct_plain
 from attacks.labels import recover_labels
 from attacks.scoring import METRICS
 from attacks.target import AttackTarget
@@ -162,12 +163,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}; TV: {args.tv_reduction}")
-    common = {
-        "iterations": args.iterations,
-        "restarts": args.restarts,
-        "seed": args.seed,
-        "tv_reduction": args.tv_reduction,
-    }
+    common = Stage1Settings(
+        iterations=args.iterations,
+        restarts=args.restarts,
+        seed=args.seed,
+        tv_reduction=args.tv_reduction,
+    )
 
     waves, digits = clips(args.samples, args.seed)
     tgts, feats = targets(waves, digits, args.seed)
@@ -178,26 +179,34 @@ def main() -> None:
     n_plain = min(args.plain_samples, args.samples)
 
     runs: dict[str, tuple[float, list]] = {}
-    methods: list[tuple[str, dict]] = [("constant step", {})]
+    # (name, settings, worker processes)
+    methods: list[tuple[str, Stage1Settings, int]] = [("constant step", common, 1)]
     if args.workers > 1:
-        methods.append((f"constant step, {args.workers} processes", {"workers": args.workers}))
+        methods.append((f"constant step, {args.workers} processes", common, args.workers))
     if args.extra_restarts > 0:
         methods.append(
             (
                 f"+{args.extra_restarts} restarts"
                 + (f", {args.workers} processes" if args.workers > 1 else ""),
-                {"workers": args.workers, "extra_restarts": args.extra_restarts},
+                dataclasses.replace(common, extra_restarts=args.extra_restarts),
+                args.workers,
             )
         )
     if args.lr_start > 0:
-        methods.append((f"--lr-start {args.lr_start:g}", {"lr_start": args.lr_start}))
-    for name, extra in methods:
+        methods.append(
+            (
+                f"--lr-start {args.lr_start:g}",
+                dataclasses.replace(common, lr_start=args.lr_start),
+                1,
+            )
+        )
+    for name, settings, workers in methods:
         t = time.perf_counter()
-        recs = reconstruct(tgts, labels, **common, **extra)
+        recs = reconstruct(tgts, labels, settings, workers=workers)
         runs[name] = (time.perf_counter() - t, recs)
         print(f"{name}: {runs[name][0]:.1f} s", flush=True)
     t = time.perf_counter()
-    plain = [reconstruct_plain(tgts[i], labels[i], **common) for i in range(n_plain)]
+    plain = [reconstruct_plain(tgts[i], labels[i], common) for i in range(n_plain)]
     plain_s = time.perf_counter() - t
     print(f"plain loop: {plain_s:.1f} s", flush=True)
 

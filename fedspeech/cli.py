@@ -10,15 +10,19 @@ Bad input ends with one line ``fedspeech: error: ...`` on stderr and exit code 2
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from fedspeech import __version__
+from fedspeech.audit import AUDIT_DIR, AuditSettings, audit_run, summary_table
+from fedspeech.audit.settings import GROUPS as AUDIT_GROUPS
 from fedspeech.config import GROUPS, SettingInfo, SimConfig, read_toml, settings_of
-from fedspeech.errors import FedspeechError
+from fedspeech.errors import ConfigError, FedspeechError
 
 # Imported here, not lazily: ``--help`` lists the names behind each registry.
 from fedspeech.tasks.registries import known_names
@@ -104,6 +108,18 @@ def add_settings(
                 info.flag, dest=info.name, action=action, default=None, help=help_text
             )
             continue
+        if typing.get_origin(info.type) is list:
+            (item,) = typing.get_args(info.type)
+            target.add_argument(
+                info.flag,
+                dest=info.name,
+                type=item,
+                action="append",
+                default=None,
+                metavar=info.metavar or _METAVARS.get(item, "NAME"),
+                help=help_text,
+            )
+            continue
         kind: Callable[[str], Any] = info.type if info.type in (int, float) else str
         target.add_argument(
             info.flag,
@@ -116,12 +132,23 @@ def add_settings(
 
 
 def settings_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The flags given on the command line, as ``{setting: value}`` (unset ones omitted)."""
-    return {
+    """The flags given on the command line, as ``{setting: value}`` (unset ones omitted).
+
+    Raises
+    ------
+    ConfigError
+        A number flag given as NaN or infinity (argparse's ``float`` accepts both).
+    """
+    given = {
         info.name: getattr(args, info.name)
         for info in settings_of(cls)
         if getattr(args, info.name, None) is not None
     }
+    for info in settings_of(cls):
+        value = given.get(info.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{info.flag} must be a finite number, got {value}")
+    return given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "simulate",
         help="run a federated simulation with capture",
-        description="Run a federated simulation on Flower (Ray backend); the server keeps "
+        description="Run a federated simulation on Flower (Ray backend); the server keeps\n"
         "what the captured clients send.",
         epilog=_SIM_EXAMPLES,
         formatter_class=_Formatter,
@@ -173,25 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_audit_parser(sub: Any) -> None:
     """``fedspeech audit RUN_DIR``: the honest-but-curious server's attack, scored."""
-    from fedspeech.audit import AuditSettings
-
     aud = sub.add_parser(
         "audit",
         help="attack a run's captures and score the speech leakage (RUN_DIR/audit)",
-        description="Play the honest-but-curious server on a run's captures: recover labels, "
+        description="Play the honest-but-curious server on a run's captures: recover labels,\n"
         "features and waveforms, and score them against the truth.",
         epilog=_AUDIT_EXAMPLES,
         formatter_class=_Formatter,
     )
     aud.add_argument("run_dir", metavar="RUN_DIR", help="run folder of fedspeech simulate")
-    add_settings(aud, AuditSettings)
+    groups = {key: aud.add_argument_group(title) for key, title in AUDIT_GROUPS.items()}
+    add_settings(aud, AuditSettings, groups=groups)
     aud.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _run_audit(args: argparse.Namespace) -> None:
-    from fedspeech.audit import AUDIT_DIR, AuditSettings, audit_run, summary_table
-
-    settings = AuditSettings.from_flags(settings_from_args(args, AuditSettings))
+    settings = AuditSettings(**settings_from_args(args, AuditSettings))
     summary = audit_run(Path(args.run_dir), settings, progress=not args.quiet)
     out = Path(args.run_dir) / AUDIT_DIR
     print(f"audited {summary['captures']} captures, {summary['samples']} samples")

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from attacks.features import (
     DISTANCES,
+    Stage1Settings,
     initial_features,
     reconstruct,
     reconstruct_plain,
@@ -159,6 +160,19 @@ def test_target_from_update_capture(
     assert float(F.cosine_similarity(est, ref, dim=0)) > 0.99
 
 
+def test_steps_are_read_from_the_capture(model: torch.nn.Module) -> None:
+    # A shared gradient is one step whatever the run's setting; an update's recorded count
+    # is used as it is; a run set by local epochs records none (the attack works it out).
+    assert make_capture(model, "gradient").local_steps() == 1
+    assert make_capture(model, "update", local_steps=3).local_steps() == 3
+    assert make_capture(model, "update", local_steps=0, local_epochs=2).local_steps() is None
+    assert make_capture(model, "update").local_steps() is None
+    bad = make_capture(model, "update")
+    bad.training["local_steps"] = "many"
+    with pytest.raises(CaptureFormatError, match="local_steps='many'"):
+        bad.local_steps()
+
+
 def test_update_needs_learning_rate(model: torch.nn.Module) -> None:
     cap = make_capture(model, "update", batch_size=2)
     cap.shared = model.state_dict()
@@ -185,12 +199,42 @@ def test_capture_that_does_not_fit_the_model(model: torch.nn.Module) -> None:
 # -------------------------------------------------------------------------- stage 1
 
 
+def test_stage1_settings_check_themselves_once() -> None:
+    settings = Stage1Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.lr = 1.0  # type: ignore[misc]
+    bad: dict[str, tuple[Any, str]] = {
+        "iterations": (0, "--iterations must be at least 1, got 0"),
+        "lr": (0.0, "--lr must be positive, got 0.0"),
+        "tv_weight": (-1, "--tv-weight must not be negative, got -1"),
+        "patience": (0, "Stage1Settings.patience must be at least 1, got 0"),
+        "floor": (-1e-3, "Stage1Settings.floor must not be negative, got -0.001"),
+    }
+    for name, (value, message) in bad.items():
+        with pytest.raises(ConfigError) as err:
+            Stage1Settings(**{name: value})
+        assert str(err.value) == message
+    # The command-line settings carry their help; the tuning knobs are no flags.
+    helped = {f.name for f in dataclasses.fields(Stage1Settings) if "help" in f.metadata}
+    assert helped == {
+        "iterations",
+        "restarts",
+        "lr",
+        "lr_start",
+        "extra_restarts",
+        "tv_weight",
+        "tv_reduction",
+        "distance",
+        "seed",
+    }
+
+
 @pytest.mark.parametrize("source", ["synthetic", pytest.param("fsdd", marks=needs_fsdd)])
 def test_plain_recovers_features(model: torch.nn.Module, source: str) -> None:
     x = speech_like(1, 3) if source == "synthetic" else fsdd_features()
     target = make_target(model, x, torch.tensor([3]))
     labels = recover_labels(target)
-    rec = reconstruct_plain(target, labels, iterations=300, restarts=1)
+    rec = reconstruct_plain(target, labels, Stage1Settings(iterations=300, restarts=1))
     start = initial_features((1, *SHAPE), seed=0, restart=0)
     assert rec.features.shape == (1, *SHAPE) and rec.labels.tolist() == [3]
     assert (rec.iterations, rec.restarts_run) == (300, 1)
@@ -206,19 +250,19 @@ def test_batched_matches_each_alone(model: torch.nn.Module) -> None:
         make_target(other, speech_like(1, 12), torch.tensor([4])),
     ]
     labels = [recover_labels(t) for t in targets]
-    opts: dict[str, Any] = {"iterations": 40, "restarts": 1, "patience": 10**6}
+    opts = Stage1Settings(iterations=40, restarts=1, patience=10**6)
     seen: list[tuple[int, int]] = []
-    batched = reconstruct(targets, labels, progress=lambda i, n: seen.append((i, n)), **opts)
+    batched = reconstruct(targets, labels, opts, progress=lambda i, n: seen.append((i, n)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
     for target, y, got in zip(targets, labels, batched, strict=True):
-        alone = reconstruct([target], [y], **opts)[0]
+        alone = reconstruct([target], [y], opts)[0]
         assert got.iterations == alone.iterations == 40
         torch.testing.assert_close(got.features, alone.features, atol=1e-3, rtol=0)
         assert math.isclose(got.matching_loss, alone.matching_loss, rel_tol=1e-2)
     # The fast loop follows the plain loop's trajectory (it keeps the best iterate, the
     # plain loop the last), and factored linear layers change nothing but the cost.
-    plain = reconstruct_plain(targets[0], labels[0], iterations=40, restarts=1)
-    full = reconstruct(targets[:1], labels[:1], factored=False, **opts)[0]
+    plain = reconstruct_plain(targets[0], labels[0], opts)
+    full = reconstruct(targets[:1], labels[:1], dataclasses.replace(opts, factored=False))[0]
     torch.testing.assert_close(full.features, batched[0].features, atol=1e-3, rtol=0)
     assert float((plain.features - batched[0].features).abs().max()) < 0.05
 
@@ -231,10 +275,12 @@ def test_mixed_batch_sizes(model: torch.nn.Module) -> None:
     ]
     labels = [recover_labels(t) for t in targets]
     assert [y.tolist() for y in labels] == [[1, 4], [3], [5, 5]]
-    recs = reconstruct(targets, labels, iterations=20, restarts=1, patience=10**6)
+    recs = reconstruct(targets, labels, Stage1Settings(iterations=20, restarts=1, patience=10**6))
     assert [tuple(r.features.shape) for r in recs] == [(2, *SHAPE), (1, *SHAPE), (2, *SHAPE)]
     # With two samples the last layer's gradient is a sum of two outer products.
-    (full,) = reconstruct(targets[:1], labels[:1], iterations=20, restarts=1, factored=False)
+    (full,) = reconstruct(
+        targets[:1], labels[:1], Stage1Settings(iterations=20, restarts=1, factored=False)
+    )
     torch.testing.assert_close(full.features, recs[0].features, atol=1e-3, rtol=0)
 
 
@@ -243,14 +289,15 @@ def test_early_stop_and_restart_skip(model: torch.nn.Module) -> None:
     target = make_target(model, x, torch.tensor([8]))
     labels = [recover_labels(target)]
     # Easy: stop at 3 % of the zero-gradient loss and call that near zero (no restart).
-    (rec,) = reconstruct([target], labels, iterations=3000, floor=3e-2, skip_below=3e-2)
+    easy = Stage1Settings(iterations=3000, floor=3e-2, skip_below=3e-2)
+    (rec,) = reconstruct([target], labels, easy)
     scale = sum(float(g.square().sum()) for g in target.grads.values())
     start = initial_features((1, *SHAPE), seed=0, restart=0)
     assert rec.matching_loss <= 3e-2 * scale
     assert rec.restarts_run == 1 and rec.iterations < 1000
     assert mse(rec.features, x) < 0.1 * mse(start, x)
     # A plateau that is not near zero stops the restart but runs the next one.
-    (rec,) = reconstruct([target], labels, iterations=3000, tol=0.5, patience=10)
+    (rec,) = reconstruct([target], labels, Stage1Settings(iterations=3000, tol=0.5, patience=10))
     assert rec.restarts_run == 2 and rec.iterations < 300
 
 
@@ -258,21 +305,20 @@ def test_extra_restarts_stay_within_the_plain_budget(model: torch.nn.Module) -> 
     target = make_target(model, speech_like(1, 4), torch.tensor([8]))
     labels = [recover_labels(target)]
     # Every restart plateaus (tol 0.5 over 20 steps) far from zero.
-    stuck: dict[str, Any] = {"iterations": 100, "restarts": 2, "tol": 0.5, "patience": 20}
-    (two,) = reconstruct([target], labels, **stuck)
-    (more,) = reconstruct([target], labels, extra_restarts=50, **stuck)
+    stuck = Stage1Settings(iterations=100, restarts=2, tol=0.5, patience=20)
+    (two,) = reconstruct([target], labels, stuck)
+    (more,) = reconstruct([target], labels, dataclasses.replace(stuck, extra_restarts=50))
     assert two.restarts_run == 2
     # Further restarts run until the next could not reach the patience within 2 x 100 steps.
     assert more.restarts_run > 2
     assert 200 - 20 < more.iterations <= 200
     assert more.matching_loss <= two.matching_loss  # the first two restarts are the same
     # A target whose first restart reaches near zero runs no further one.
-    (easy,) = reconstruct(
-        [target], labels, iterations=3000, floor=3e-2, skip_below=3e-2, extra_restarts=3
-    )
+    settings = Stage1Settings(iterations=3000, floor=3e-2, skip_below=3e-2, extra_restarts=3)
+    (easy,) = reconstruct([target], labels, settings)
     assert easy.restarts_run == 1
-    with pytest.raises(ConfigError, match="extra_restarts"):
-        reconstruct([target], labels, extra_restarts=-1)
+    with pytest.raises(ConfigError, match="--extra-restarts must not be negative, got -1"):
+        Stage1Settings(extra_restarts=-1)
 
 
 def test_plateau_clock_survives_batch_changes(model: torch.nn.Module) -> None:
@@ -280,9 +326,9 @@ def test_plateau_clock_survives_batch_changes(model: torch.nn.Module) -> None:
     # the others' plateau rule must still count from their own last improvement.
     targets = [make_target(model, speech_like(1, 30 + k), torch.tensor([k])) for k in range(4)]
     labels = [recover_labels(t) for t in targets]
-    stuck: dict[str, Any] = {"iterations": 400, "restarts": 3, "tol": 0.2, "patience": 20}
-    together = reconstruct(targets, labels, max_batch=4, **stuck)
-    alone = [reconstruct([t], [y], **stuck)[0] for t, y in zip(targets, labels, strict=True)]
+    stuck = Stage1Settings(iterations=400, restarts=3, tol=0.2, patience=20)
+    together = reconstruct(targets, labels, dataclasses.replace(stuck, max_batch=4))
+    alone = [reconstruct([t], [y], stuck)[0] for t, y in zip(targets, labels, strict=True)]
     assert [r.restarts_run for r in together] == [3] * 4
     assert [r.iterations for r in together] == [r.iterations for r in alone]
     assert len({r.iterations for r in alone}) > 1  # they did finish at different steps
@@ -292,13 +338,16 @@ def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
     assert DISTANCES.names() == ["cosine", "l2"]
     target = make_target(model, speech_like(1, 5), torch.tensor([0]))
     y = torch.tensor([0])
-    plain = reconstruct_plain(target, y, iterations=5, restarts=1, distance="cosine")
-    (fast,) = reconstruct([target], [y], iterations=5, restarts=1, distance="cosine")
+    cosine = Stage1Settings(iterations=5, restarts=1, distance="cosine")
+    plain = reconstruct_plain(target, y, cosine)
+    (fast,) = reconstruct([target], [y], cosine)
     assert 0.0 <= fast.matching_loss <= 2.0 and 0.0 <= plain.matching_loss <= 2.0
     with pytest.raises(ConfigError, match="unknown gradient distance 'l1'; known: cosine, l2"):
-        reconstruct([target], [y], distance="l1")
+        Stage1Settings(distance="l1")
     with pytest.raises(ConfigError, match="expected \\(1,\\)"):
         reconstruct([target], [torch.tensor([0, 1])])
+    with pytest.raises(ConfigError, match="expected \\(1,\\)"):
+        reconstruct_plain(target, torch.tensor([0, 1]))
 
 
 def test_tv_reduction_is_a_rescaled_weight(model: torch.nn.Module) -> None:
@@ -306,22 +355,20 @@ def test_tv_reduction_is_a_rescaled_weight(model: torch.nn.Module) -> None:
     # a mean-reduced weight w is the summed weight w / 56, in both loops.
     target = make_target(model, speech_like(1, 7), torch.tensor([2]))
     y = torch.tensor([2])
-    opts: dict[str, Any] = {"iterations": 30, "restarts": 1}
     w = 0.5  # large, so that a wrongly reduced TV would change the trajectory
-    pm = reconstruct_plain(target, y, tv_weight=w, tv_reduction="mean", **opts)
-    ps = reconstruct_plain(target, y, tv_weight=w / 56, tv_reduction="sum", **opts)
-    pw = reconstruct_plain(target, y, tv_weight=w, tv_reduction="sum", **opts)
+    mean = Stage1Settings(iterations=30, restarts=1, tv_weight=w, tv_reduction="mean")
+    summed = dataclasses.replace(mean, tv_weight=w / 56, tv_reduction="sum")
+    pm = reconstruct_plain(target, y, mean)
+    ps = reconstruct_plain(target, y, summed)
+    pw = reconstruct_plain(target, y, dataclasses.replace(mean, tv_reduction="sum"))
     torch.testing.assert_close(pm.features, ps.features, atol=1e-4, rtol=0)
     assert float((pm.features - pw.features).abs().max()) > 1e-2
-    fast = {"patience": 10**6, **opts}
-    (fm,) = reconstruct([target], [y], tv_weight=w, tv_reduction="mean", **fast)
-    (fs,) = reconstruct([target], [y], tv_weight=w / 56, tv_reduction="sum", **fast)
+    (fm,) = reconstruct([target], [y], dataclasses.replace(mean, patience=10**6))
+    (fs,) = reconstruct([target], [y], dataclasses.replace(summed, patience=10**6))
     torch.testing.assert_close(fm.features, fs.features, atol=1e-4, rtol=0)
     assert float((fm.features - pm.features).abs().max()) < 0.05
     with pytest.raises(ConfigError, match="unknown TV reduction 'max'; known: mean, sum"):
-        reconstruct([target], [y], tv_reduction="max")
-    with pytest.raises(ConfigError, match="unknown TV reduction"):
-        reconstruct_plain(target, y, tv_reduction="max")
+        Stage1Settings(tv_reduction="max")
 
 
 def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module) -> None:
@@ -336,9 +383,8 @@ def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module)
         assert i not in got  # once per target
         got[i] = rec
 
-    recs = reconstruct(
-        targets, labels, iterations=60, restarts=1, patience=10**6, on_result=on_result
-    )
+    opts = Stage1Settings(iterations=60, restarts=1, patience=10**6)
+    recs = reconstruct(targets, labels, opts, on_result=on_result)
     assert sorted(got) == [0, 1]
     for i, rec in enumerate(recs):
         torch.testing.assert_close(got[i].features, rec.features)
@@ -348,17 +394,17 @@ def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module)
 def test_worker_processes_give_the_same_results(model: torch.nn.Module) -> None:
     targets = [make_target(model, speech_like(1, 40 + k), torch.tensor([k])) for k in range(3)]
     labels = [recover_labels(t) for t in targets]
-    opts: dict[str, Any] = {"iterations": 40, "restarts": 2, "patience": 10**6}
-    alone = reconstruct(targets, labels, **opts)
+    opts = Stage1Settings(iterations=40, restarts=2, patience=10**6)
+    alone = reconstruct(targets, labels, opts)
     seen: list[int] = []
     handed: dict[int, Any] = {}
     split = reconstruct(
         targets,
         labels,
+        opts,
         workers=2,
         progress=lambda i, n: seen.append(i),
         on_result=lambda i, rec: handed.setdefault(i, rec),
-        **opts,
     )
     assert seen == [1, 2, 3] and sorted(handed) == [0, 1, 2]
     for a, b in zip(alone, split, strict=True):
@@ -374,23 +420,18 @@ def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
     x = speech_like(1, 6)
     target = make_target(model, x, torch.tensor([3]))
     labels = [recover_labels(target)]
-    opts: dict[str, Any] = {
-        "iterations": 3000,
-        "restarts": 1,
-        "patience": 100,
-        "decay_patience": 50,
-    }
-    (const,) = reconstruct([target], labels, **opts)
-    (sched,) = reconstruct([target], labels, lr_start=0.1, **opts)
+    opts = Stage1Settings(iterations=3000, restarts=1, patience=100, decay_patience=50)
+    (const,) = reconstruct([target], labels, opts)
+    (sched,) = reconstruct([target], labels, dataclasses.replace(opts, lr_start=0.1))
     # The constant step runs out its patience at the study's 0.01 as well, so the schedule
     # only wins if its larger first steps reach the plateau sooner.
     assert sched.iterations < 0.7 * const.iterations, (sched.iterations, const.iterations)
     assert sched.matching_loss <= 2 * const.matching_loss
     assert mse(sched.features, x) <= 2 * mse(const.features, x)
-    with pytest.raises(ConfigError, match="lr_start at least lr"):
-        reconstruct([target], labels, lr_start=0.001)
-    with pytest.raises(ConfigError, match="lr_decay in"):
-        reconstruct([target], labels, lr_start=0.1, lr_decay=1.5)
+    with pytest.raises(ConfigError, match=r"--lr-start must be at least --lr \(0.01\)"):
+        Stage1Settings(lr_start=0.001)
+    with pytest.raises(ConfigError, match=r"Stage1Settings.lr_decay must be in \(0, 1\)"):
+        Stage1Settings(lr_start=0.1, lr_decay=1.5)
 
 
 class _BatchCentre(torch.nn.Module):
@@ -411,7 +452,7 @@ def _tiny(centre: bool, norm: bool) -> torch.nn.Module:
 
 @pytest.mark.parametrize("distance", ["l2", "cosine"])
 def test_layer_step_is_the_vmap_step(model: torch.nn.Module, distance: str) -> None:
-    from attacks.features.fast import _Group
+    from attacks.features.batched import _Group
 
     targets = [
         make_target(model, speech_like(2, 30), torch.tensor([1, 6])),
@@ -421,9 +462,9 @@ def test_layer_step_is_the_vmap_step(model: torch.nn.Module, distance: str) -> N
     dist = DISTANCES.get(distance)
     assert _Group(targets, labels, dist, 1e-3, "mean", True).layerwise
     assert not _Group(targets, labels, dist, 1e-3, "mean", True, layerwise=False).layerwise
-    opts: dict[str, Any] = {"iterations": 30, "restarts": 1, "patience": 10**6}
-    fast = reconstruct(targets, labels, distance=distance, **opts)
-    slow = reconstruct(targets, labels, distance=distance, layerwise=False, **opts)
+    opts = Stage1Settings(iterations=30, restarts=1, patience=10**6, distance=distance)
+    fast = reconstruct(targets, labels, opts)
+    slow = reconstruct(targets, labels, dataclasses.replace(opts, layerwise=False))
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)
         assert math.isclose(a.matching_loss, b.matching_loss, rel_tol=1e-3)
@@ -431,7 +472,7 @@ def test_layer_step_is_the_vmap_step(model: torch.nn.Module, distance: str) -> N
 
 @pytest.mark.parametrize(("centre", "norm"), [(True, False), (False, True), (False, False)])
 def test_layer_step_only_where_it_is_exact(centre: bool, norm: bool) -> None:
-    from attacks.features.fast import _Group
+    from attacks.features.batched import _Group
 
     net = _tiny(centre, norm)
     targets = []
@@ -442,15 +483,15 @@ def test_layer_step_only_where_it_is_exact(centre: bool, norm: bool) -> None:
     group = _Group(targets, labels, DISTANCES.get("l2"), 1e-3, "mean", True)
     # The batch-centring model passes the structural test but fails the numeric check.
     assert group.layerwise == (not centre and not norm)
-    opts: dict[str, Any] = {"iterations": 20, "restarts": 1, "patience": 10**6}
-    got = reconstruct(targets, labels, **opts)
+    opts = Stage1Settings(iterations=20, restarts=1, patience=10**6)
+    got = reconstruct(targets, labels, opts)
     for t, lab, g in zip(targets, labels, got, strict=True):
-        (alone,) = reconstruct([t], [lab], layerwise=False, **opts)
+        (alone,) = reconstruct([t], [lab], dataclasses.replace(opts, layerwise=False))
         torch.testing.assert_close(g.features, alone.features, atol=1e-4, rtol=0)
 
 
 def test_low_rank_reference_gradients_are_factored_exactly() -> None:
-    from attacks.features.fast import _factor_refs, _times_ref
+    from attacks.features.batched import _factor_refs, _times_ref
 
     gen = torch.Generator().manual_seed(0)
     outer = [
@@ -470,7 +511,7 @@ def test_low_rank_reference_gradients_are_factored_exactly() -> None:
 
 
 def test_matching_loss_resolves_far_below_float32_rounding(model: torch.nn.Module) -> None:
-    from attacks.features.fast import _Group
+    from attacks.features.batched import _Group
 
     x, y = speech_like(1, 50), torch.tensor([3])
     target = make_target(model, x, y)

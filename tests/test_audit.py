@@ -24,10 +24,9 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from attacks.audit import AuditSettings, audit_run
-from attacks.report import LEAKAGE_COLUMNS, SUMMARY_METRICS
 from attacks.scoring import SPEAKER_MODELS, stoi
 from attacks.waveform import features_to_wave
+from fedspeech.audit import LEAKAGE_COLUMNS, SUMMARY_METRICS, AuditSettings, audit_run
 from fedspeech.capture import load_capture, load_truth, save_capture
 from fedspeech.cli import main as cli_main
 
@@ -171,26 +170,26 @@ def test_resume_reuses_finished_captures(
 def test_interrupted_chunk_keeps_the_captures_it_finished(
     run_dir: Path, audited: tuple[dict, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import attacks.features
+    from fedspeech.audit import execution
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     shutil.rmtree(copy / "audit")
-    real = attacks.features.reconstruct
+    real = execution.reconstruct
 
-    def interrupted(targets: Any, labels: Any, *, on_result: Any, **kw: Any) -> Any:
+    def interrupted(targets: Any, labels: Any, settings: Any, *, on_result: Any, **kw: Any) -> Any:
         # Both captures are one chunk; stop as soon as the first is handed over.
         def first_then_stop(i: int, rec: Any) -> None:
             on_result(i, rec)
             raise KeyboardInterrupt
 
-        return real(targets, labels, on_result=first_then_stop, **kw)
+        return real(targets, labels, settings, on_result=first_then_stop, **kw)
 
-    monkeypatch.setattr(attacks.features, "reconstruct", interrupted)
+    monkeypatch.setattr(execution, "reconstruct", interrupted)
     with pytest.raises(KeyboardInterrupt):
         audit_run(copy, AuditSettings(**FAST), progress=False)
     assert len(list((copy / "audit" / "reconstructions").iterdir())) == 1
-    monkeypatch.setattr(attacks.features, "reconstruct", real)
+    monkeypatch.setattr(execution, "reconstruct", real)
     again = audit_run(copy, AuditSettings(**FAST), progress=False)
     assert again["stage1"]["rescored"] == 1 and again["stage1"]["reconstructed"] == 1
 
@@ -238,7 +237,7 @@ def test_round_by_round_audits_build_the_truth_side_once(
     run_dir: Path, audited: tuple[dict, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What fedspeech simulate --audit does: one audit per round, one scorer cache per run.
-    import attacks.audit as audit_module
+    from fedspeech.audit import run as audit_module
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -246,13 +245,13 @@ def test_round_by_round_audits_build_the_truth_side_once(
         shutil.copy(copy / folder / f"r001_c0001.{ext}", copy / folder / f"r002_c0001.{ext}")
     shutil.rmtree(copy / "audit" / "samples")  # round 1 is re-scored from its stage 1
     built: list[object] = []
-    original = audit_module._Scorer
+    original = audit_module.build_scorer
 
-    def counting(*args: Any, **kwargs: Any) -> object:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(audit_module, "_Scorer", counting)
+    monkeypatch.setattr(audit_module, "build_scorer", counting)
     scorers: dict[str, Any] = {}
     settings = {**FAST, "max_samples": None}
     first = audit_run(copy, AuditSettings(**settings, rounds=[1]), progress=False, scorers=scorers)
@@ -315,10 +314,10 @@ def test_bad_input_through_the_cli(
 def test_attacks_never_import_flwr() -> None:
     code = (
         "import sys\n"
-        "import attacks.audit, attacks.features, attacks.labels, attacks.report, "
-        "attacks.scoring, attacks.target, attacks.waveform\n"
-        # What the audit imports lazily on its scoring side.
-        "import fedspeech.config, fedspeech.prepare, tqdm, scipy.optimize\n"
+        "import attacks.features, attacks.labels, attacks.scoring, attacks.target, "
+        "attacks.waveform\n"
+        # The audit, its truth side included, and what it imports lazily.
+        "import fedspeech.audit, scipy.optimize\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'flwr')\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"
     )

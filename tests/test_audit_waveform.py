@@ -16,9 +16,9 @@ import soundfile as sf
 import torch
 from torch.nn import functional as F
 
-from attacks.audit import AuditSettings, audit_run
 from attacks.features import l2_distance
 from attacks.target import attack_mode, target_from_capture
+from fedspeech.audit import AuditSettings, audit_run
 from fedspeech.capture import Capture, capture_name, save_capture, save_truth
 from fedspeech.config import SimConfig
 from fedspeech.models import build_model

@@ -17,6 +17,7 @@ import torch
 from attacks.waveform import (
     INVERTERS,
     cmvn_prior,
+    estimate_cmvn_prior,
     features_to_wave,
     mel_to_magnitude,
     mfcc_to_mel,
@@ -108,6 +109,33 @@ def test_cmvn_prior_table() -> None:
     mean13, _ = cmvn_prior(MfccFrontend(n_mfcc=13))
     np.testing.assert_array_equal(mean13, mean[:13])
     assert set(PRIOR_SETTINGS) <= set(vars(fe))
+
+
+def test_cmvn_prior_of_other_settings_comes_from_the_callers_speech() -> None:
+    fe = MfccFrontend(n_mfcc=13, hop_length=256)
+    with pytest.raises(ConfigError, match="no stored CMVN prior"):
+        cmvn_prior(fe)
+    t = np.arange(16_000) / 16_000
+    speech = np.stack([0.9 * np.sin(2 * np.pi * f * t) * np.hanning(16_000) for f in (150, 300)])
+    direct = cmvn_prior(fe, speech.astype(np.float32))
+    expect = estimate_cmvn_prior(MfccFrontend(n_mfcc=13, hop_length=256, cmvn=False), speech)
+    np.testing.assert_allclose(direct[0], expect[0])
+    calls: list[int] = []
+
+    def public_speech(sample_rate: int) -> np.ndarray:
+        calls.append(sample_rate)
+        return speech.astype(np.float32)
+
+    for _ in range(2):  # estimated once per process and settings
+        mean, std = cmvn_prior(fe, public_speech)
+        np.testing.assert_allclose(mean, direct[0])
+        np.testing.assert_allclose(std, direct[1])
+    assert calls == [16_000]
+    # The study's settings never need the speech.
+    np.testing.assert_array_equal(
+        cmvn_prior(MfccFrontend(), public_speech)[0], cmvn_prior(MfccFrontend())[0]
+    )
+    assert calls == [16_000]
 
 
 @needs_fsdd

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from attacks.report import LEAKAGE_COLUMNS
+from fedspeech.audit import LEAKAGE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ from torch.nn import functional as F
 
 from attacks.features.objective import (
     DISTANCES,
-    TV_REDUCTIONS,
     Reconstruction,
     initial_features,
     total_variation,
 )
+from attacks.features.settings import Stage1Settings
 from attacks.target import AttackTarget
 from fedspeech.errors import ConfigError
 
@@ -29,14 +29,7 @@ __all__ = ["reconstruct_plain"]
 def reconstruct_plain(
     target: AttackTarget,
     labels: torch.Tensor,
-    *,
-    iterations: int = 8000,
-    restarts: int = 2,
-    lr: float = 0.01,
-    tv_weight: float = 1e-3,
-    tv_reduction: str = "mean",
-    distance: str = "l2",
-    seed: int = 0,
+    settings: Stage1Settings = Stage1Settings(),
 ) -> Reconstruction:
     """Recover the input ``(B, *input_shape)`` behind ``target``'s gradient (the baseline).
 
@@ -46,34 +39,23 @@ def reconstruct_plain(
         Model, global weights and shared gradient.
     labels : torch.Tensor
         ``(B,)`` labels, e.g. from :func:`attacks.labels.recover_labels`.
-    iterations : int
-        Adam steps per restart (8000 in the study).
-    restarts : int
-        Independent starts; the one with the lower final matching loss is kept.
-    lr : float
-        Adam learning rate.
-    tv_weight : float
-        Weight of the total variation.
-    tv_reduction : str
-        ``"mean"`` (per entry, as ``inversefed``) or ``"sum"``; see
-        :func:`attacks.features.total_variation`.
-    distance : str
-        Name in :data:`attacks.features.DISTANCES` (``"l2"`` or ``"cosine"``).
-    seed : int
-        Seeds the standard-normal starts.
+    settings : Stage1Settings
+        Its ``iterations`` (Adam steps per restart, all of them: 8000 in the study),
+        ``restarts`` (the one with the lower final matching loss is kept), ``lr``,
+        ``tv_weight``, ``tv_reduction``, ``distance`` and ``seed`` (of the starts) apply;
+        the fast loop's stopping and batching options are ignored.
 
     Returns
     -------
     Reconstruction
         Final iterate of the best restart; ``iterations`` counts all restarts.
     """
-    if iterations < 1 or restarts < 1:
-        raise ConfigError("iterations and restarts must be >= 1")
     if tuple(labels.shape) != (target.batch_size,):
         shape = tuple(labels.shape)
         raise ConfigError(f"labels have shape {shape}, expected ({target.batch_size},)")
-    dist = DISTANCES.get(distance).direct
-    TV_REDUCTIONS.get(tv_reduction)
+    iterations, restarts, lr = settings.iterations, settings.restarts, settings.lr
+    tv_weight, tv_reduction, seed = settings.tv_weight, settings.tv_reduction, settings.seed
+    dist = DISTANCES.get(settings.distance).direct
     start = time.perf_counter()
     model = target.model
     names = list(target.grads)

@@ -1,6 +1,7 @@
 """Stage 1 in several worker processes, one torch thread each, targets split between them.
 
-On a small CPU the batched step of :func:`attacks.features.reconstruct` uses a second
+Each worker runs :func:`attacks.features.batched.reconstruct_batched` on its share. On a
+small CPU the batched step of :func:`attacks.features.reconstruct` uses a second
 intra-op thread poorly (hundreds of small operations per step), and the end of a run,
 when only a few slow targets are left, steps them one or two at a time. Two processes with
 one thread each, each optimising half of the targets as one batch, keep both cores busy
@@ -26,7 +27,9 @@ from typing import Any
 
 import torch
 
+from attacks.features.batched import reconstruct_batched
 from attacks.features.objective import Reconstruction
+from attacks.features.settings import Stage1Settings
 from attacks.target import AttackTarget
 
 __all__ = ["deal", "reconstruct_in_workers"]
@@ -56,13 +59,11 @@ def _work(
     targets: list[AttackTarget],
     labels: list[torch.Tensor],
     index: list[int],
-    kwargs: dict[str, Any],
+    settings: Stage1Settings,
     queue: Any,
 ) -> None:
     """Body of one worker: reconstruct its targets, reporting each as it finishes."""
     try:
-        from attacks.features.fast import reconstruct
-
         torch.set_num_threads(1)
 
         def on_result(i: int, rec: Reconstruction) -> None:
@@ -73,7 +74,7 @@ def _work(
             fields["labels"] = rec.labels.numpy().copy()
             queue.put(("done", index[i], fields))
 
-        reconstruct(targets, labels, workers=1, on_result=on_result, **kwargs)
+        reconstruct_batched(targets, labels, settings, on_result=on_result)
         queue.put(("end", None, None))
     except BaseException:  # reported to the parent, which raises it
         queue.put(("error", None, traceback.format_exc()))
@@ -83,7 +84,7 @@ def reconstruct_in_workers(
     targets: list[AttackTarget],
     labels: list[torch.Tensor],
     workers: int,
-    kwargs: dict[str, Any],
+    settings: Stage1Settings,
     progress: Callable[[int, int], None] | None = None,
     on_result: Callable[[int, Reconstruction], None] | None = None,
 ) -> list[Reconstruction]:
@@ -95,8 +96,8 @@ def reconstruct_in_workers(
         As for :func:`attacks.features.reconstruct`.
     workers : int
         Processes (at most one per target), one torch thread each.
-    kwargs : dict
-        The other keyword arguments of :func:`attacks.features.reconstruct`.
+    settings : Stage1Settings
+        The search's options, the same in every worker.
     progress, on_result : callable, optional
         Called in this process as each target's result arrives.
 
@@ -109,7 +110,7 @@ def reconstruct_in_workers(
     queue = ctx.Queue()
     procs = []
     for index in deal(targets, workers):
-        args = ([targets[i] for i in index], [labels[i] for i in index], index, kwargs, queue)
+        args = ([targets[i] for i in index], [labels[i] for i in index], index, settings, queue)
         proc = ctx.Process(target=_work, args=args, daemon=True)
         proc.start()
         procs.append(proc)

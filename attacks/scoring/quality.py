@@ -36,6 +36,7 @@ __all__ = [
     "peak_normalize",
     "pesq_nb",
     "pesq_wb",
+    "resample",
     "reset_failure_counts",
     "stoi",
     "stoi_tiled_count",
@@ -99,9 +100,18 @@ def peak_normalize(x: np.ndarray, peak: float = 1.0) -> np.ndarray:
     return x * (peak / m) if m > 1e-12 else x
 
 
-def _resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
+def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
+    """Polyphase resampling of a 1-D signal (``scipy.signal.resample_poly``); ``x`` itself
+    when the rates are equal.
+
+    Examples
+    --------
+    >>> resample(np.ones(160), 16_000, 8000).shape
+    (80,)
+    """
     if sr_from == sr_to:
         return x
+    # Imported here: scipy.signal is slow to import and most scoring never resamples.
     from scipy.signal import resample_poly
 
     g = gcd(int(sr_from), int(sr_to))
@@ -195,7 +205,7 @@ def pcm16(x: np.ndarray) -> np.ndarray:
 
 
 def _pesq(metric: str, fs: int, mode: str, a: np.ndarray, b: np.ndarray) -> float:
-    import pesq as pesq_lib
+    import pesq as pesq_lib  # imported here, as pystoi below: only scoring needs them
 
     why = _unscorable(a, b)
     if why is not None:
@@ -220,7 +230,7 @@ def pesq_nb(
     warning) when PESQ fails, e.g. finds no utterance.
     """
     a, b = align(original, reconstruction)
-    return _pesq("pesq_nb", 8000, "nb", _resample(a, sr, 8000), _resample(b, sr, 8000))
+    return _pesq("pesq_nb", 8000, "nb", resample(a, sr, 8000), resample(b, sr, 8000))
 
 
 @METRICS.register("pesq_wb")
@@ -233,7 +243,7 @@ def pesq_wb(
     NaN (with a warning) when PESQ fails.
     """
     a, b = align(original, reconstruction)
-    return _pesq("pesq_wb", 16_000, "wb", _resample(a, sr, 16_000), _resample(b, sr, 16_000))
+    return _pesq("pesq_wb", 16_000, "wb", resample(a, sr, 16_000), resample(b, sr, 16_000))
 
 
 # pystoi needs 30 non-silent frames of 25.6 ms (hop 12.8 ms at 10 kHz), about 0.4 s of

@@ -25,7 +25,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import numpy as np
 import torch
 
-from attacks.scoring.quality import METRICS
+from attacks.scoring.quality import METRICS, resample
 from fedspeech.errors import ConfigError, FedspeechError
 from fedspeech.registry import Registry
 
@@ -81,6 +81,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @lru_cache(maxsize=2)
 def _voice_encoder(device: str) -> Any:
+    # The encoders are imported here: heavy optional dependencies of speaker scoring only.
     try:
         with warnings.catch_warnings():
             # resemblyzer 0.1.4 imports scipy.ndimage.morphology, deprecated in SciPy 1.8+.
@@ -127,6 +128,7 @@ class ResemblyzerEncoder:
         ``sr`` is the waveform's rate (16 kHz by the protocol); ``preprocess_wav`` resamples
         other rates itself.
         """
+        # Imported here, as the encoders above: heavy, and only speaker scoring needs them.
         from resemblyzer import preprocess_wav
         from resemblyzer.audio import normalize_volume
         from resemblyzer.hparams import audio_norm_target_dBFS
@@ -137,8 +139,6 @@ class ResemblyzerEncoder:
         wav = preprocess_wav(x, source_sr=sr)
         if wav.size < self.min_speech_s * ENCODER_RATE:
             if sr != ENCODER_RATE:
-                from fedspeech.data.audio import resample
-
                 x = resample(x, sr, ENCODER_RATE)
             wav = normalize_volume(x, audio_norm_target_dBFS, increase_only=True)
         with torch.no_grad():
@@ -306,8 +306,6 @@ class SpeakerVerifier:
             self._cache.move_to_end(key)
             return hit
         if self.sr != ENCODER_RATE:
-            from fedspeech.data.audio import resample
-
             x = resample(x, self.sr, ENCODER_RATE)
         emb = np.asarray(self.encoder.embed(x), dtype=np.float32)
         self._cache[key] = emb
@@ -401,7 +399,5 @@ def speaker_cosine(
     a = np.asarray(original, dtype=np.float32).ravel()
     b = np.asarray(reconstruction, dtype=np.float32).ravel()
     if sr != ENCODER_RATE:
-        from fedspeech.data.audio import resample
-
         a, b = resample(a, sr, ENCODER_RATE), resample(b, sr, ENCODER_RATE)
     return cosine(enc.embed(a), enc.embed(b))

@@ -5,12 +5,14 @@ mean and std, which the client never shares: stage 2 has to guess them. The gues
 typical (median over clips) per-clip mean and std of the cepstra of public speech.
 
 For the study's settings (:class:`~fedspeech.frontends.MfccFrontend` defaults) the guess is
-the table below; for any other settings it is estimated once per process, at first use,
-from a few words synthesised with the project's offline eSpeak NG engine.
+the table below; for any other settings it is estimated from public speech the caller
+supplies (the audit, :mod:`fedspeech.audit`, passes a few words synthesised with the
+project's offline eSpeak NG engine), once per process when given as a function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +22,7 @@ from torch import nn
 from fedspeech.errors import ConfigError, FedspeechError
 from fedspeech.frontends import MfccFrontend
 
-__all__ = ["CmvnStats", "PRIOR_SETTINGS", "cmvn_prior", "estimate_cmvn_prior"]
+__all__ = ["CmvnStats", "PRIOR_SETTINGS", "Speech", "cmvn_prior", "estimate_cmvn_prior"]
 
 CmvnStats = tuple[np.ndarray, np.ndarray]
 
@@ -90,62 +92,62 @@ def estimate_cmvn_prior(frontend: MfccFrontend, waves: np.ndarray) -> CmvnStats:
     return np.median(cep.mean(axis=-1), axis=0), np.median(cep.std(axis=-1), axis=0)
 
 
-# Words and eSpeak voices for the fallback estimate: digits and command words, several
-# accents and voice variants so no single vocal tract dominates.
-_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-          "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # fmt: skip
-_VOICES = ("en-US", "en-GB-x-rp+f2", "en-US+m3", "en+f4", "en-GB-scotland+m7")
+Speech = np.ndarray | Callable[[int], np.ndarray]
 
 
 @lru_cache(maxsize=8)
-def _synth_prior(key: tuple[tuple[str, object], ...], n_mfcc: int) -> CmvnStats:
-    from fedspeech.data.audio import resample
-    from fedspeech.data.corpus import fix_length
-    from fedspeech.data.espeak import ESpeak
-
+def _estimate_once(
+    key: tuple[tuple[str, object], ...], n_mfcc: int, speech: Callable[[int], np.ndarray]
+) -> CmvnStats:
     settings = dict(key)
     sr = int(settings["sample_rate"])  # type: ignore[call-overload]
     fe = MfccFrontend(n_mfcc=n_mfcc, cmvn=False, **settings)  # type: ignore[arg-type]
-    engine = ESpeak()
-    clips = []
-    for i, word in enumerate(_WORDS):
-        for j, voice in enumerate(_VOICES):
-            raw = engine.synth(word, voice=voice, pitch=35 + 7 * j, seed=i)
-            if raw.size == 0 or not np.any(raw):
-                continue
-            y = fix_length(resample(raw, engine.sample_rate, sr).astype(np.float32), sr)
-            clips.append(0.9 * y / np.abs(y).max())
-    return estimate_cmvn_prior(fe, np.stack(clips))
+    return estimate_cmvn_prior(fe, speech(sr))
 
 
-def cmvn_prior(frontend: MfccFrontend) -> CmvnStats:
+def cmvn_prior(frontend: MfccFrontend, speech: Speech | None = None) -> CmvnStats:
     """The attacker's guess of the CMVN mean and std for this front-end.
 
     Parameters
     ----------
     frontend : MfccFrontend
         The attacked front-end.
+    speech : np.ndarray or callable, optional
+        Public speech for front-end settings the stored table does not cover: ``(N,
+        samples)`` clips at the front-end's rate and the clients' level (fedspeech
+        peak-normalises to 0.9), or a function of the sample rate returning them (called at
+        most once per process and settings; its estimate is cached).
 
     Returns
     -------
     mean, std : np.ndarray
         ``(n_mfcc,)`` each: the stored table for the study's settings (when ``n_mfcc`` is at
-        most 40), otherwise an estimate from eSpeak NG words made at first use and cached.
+        most 40), otherwise the estimate from ``speech``.
 
     Raises
     ------
     ConfigError
-        Other settings and eSpeak NG cannot run; pass ``cmvn_stats`` explicitly then.
+        Other settings and no ``speech``, or ``speech`` failed (pass ``cmvn_stats``
+        explicitly to stage 2 then).
     """
     n_mfcc = int(frontend.n_mfcc)
     settings = _settings(frontend)
     if settings == PRIOR_SETTINGS and n_mfcc <= _PRIOR_MEAN.shape[0]:
         return _PRIOR_MEAN[:n_mfcc].copy(), _PRIOR_STD[:n_mfcc].copy()
+    if speech is None:
+        raise ConfigError(
+            "no stored CMVN prior for these MFCC settings: pass public speech "
+            "(cmvn_prior(frontend, speech)) or cmvn_stats=(mean, std) explicitly"
+        )
+    if not callable(speech):
+        fe = MfccFrontend(n_mfcc=n_mfcc, cmvn=False, **settings)  # type: ignore[arg-type]
+        mean, std = estimate_cmvn_prior(fe, speech)
+        return mean, std
     try:
-        mean, std = _synth_prior(tuple(settings.items()), n_mfcc)
+        mean, std = _estimate_once(tuple(settings.items()), n_mfcc, speech)
     except FedspeechError as err:
         raise ConfigError(
-            f"no stored CMVN prior for these MFCC settings and eSpeak NG failed ({err}); "
-            "pass cmvn_stats=(mean, std) explicitly"
+            f"no stored CMVN prior for these MFCC settings and the public speech failed "
+            f"({err}); pass cmvn_stats=(mean, std) explicitly"
         ) from None
     return mean.copy(), std.copy()

@@ -113,6 +113,8 @@ def undo_preemphasis(y: np.ndarray, coef: float = 0.97) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     if coef == 0.0:
         return y
+    # Imported here, as scipy.optimize and librosa below: slow to import, and only the
+    # stage-2 paths that use them need them.
     from scipy.signal import lfilter
 
     return np.asarray(lfilter([1.0], [1.0, -coef], y, axis=-1))
@@ -339,8 +341,10 @@ def mfcc_to_mel(
     frontend : MfccFrontend
         Supplies ``dct_matrix``, ``cmvn`` and ``eps``.
     cmvn_stats : (mean, std) or None
-        Each ``(n_mfcc,)`` or ``(B, n_mfcc)``. None uses :func:`cmvn_prior`, the attacker's
-        guess, since the true per-utterance statistics never leave the client.
+        Each ``(n_mfcc,)`` or ``(B, n_mfcc)``. None uses :func:`cmvn_prior`'s stored table,
+        the attacker's guess, since the true per-utterance statistics never leave the
+        client; front-end settings it does not cover need the guess passed in, e.g.
+        ``cmvn_prior(frontend, speech)``.
 
     Returns
     -------

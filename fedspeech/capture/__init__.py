@@ -10,6 +10,7 @@ from fedspeech.capture.format import (
     capture_name,
     load_capture,
     load_truth,
+    reply_steps,
     save_capture,
     save_truth,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "capture_name",
     "load_capture",
     "load_truth",
+    "reply_steps",
     "save_capture",
     "save_truth",
 ]

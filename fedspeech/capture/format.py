@@ -67,10 +67,52 @@ class Capture:
     frontend_kwargs: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
+    def local_steps(self) -> int | None:
+        """Local SGD steps behind :attr:`shared`, as the capture records them.
+
+        Returns
+        -------
+        int or None
+            1 for a gradient (:func:`reply_steps`); for an update, the positive
+            ``training["local_steps"]`` the server stored; None when that is 0 or absent (a
+            run set by local epochs: the count then depends on the client's clip count).
+
+        Raises
+        ------
+        CaptureFormatError
+            A ``local_steps`` that is not a whole number.
+        """
+        value = self.training.get("local_steps", 0)
+        try:
+            recorded = int(float(value or 0))
+        except (TypeError, ValueError):
+            raise CaptureFormatError(
+                f"capture r{self.server_round:03d}_c{self.client_id:04d} has a non-numeric "
+                f"training setting local_steps={value!r}"
+            ) from None
+        steps = reply_steps(self.kind, recorded)
+        return steps if steps > 0 else None
+
     def nbytes(self) -> int:
         """Bytes of tensor data held (global weights plus shared tensors)."""
         tensors = list(self.global_weights.values()) + list(self.shared.values())
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def reply_steps(kind: str, local_steps: int) -> int:
+    """Local SGD steps behind one client reply of ``kind``: a shared gradient is one step.
+
+    The single statement of that rule, for whoever needs the count (the client choosing its
+    batches, the server replaying them and recording the count in each capture, the attack
+    turning an update into a gradient). ``local_steps`` is the run's setting, 0 when the
+    steps follow from local epochs instead.
+
+    Examples
+    --------
+    >>> reply_steps("gradient", 0), reply_steps("update", 10), reply_steps("update", 0)
+    (1, 10, 0)
+    """
+    return 1 if kind == "gradient" else int(local_steps)
 
 
 def capture_name(server_round: int, client_id: int) -> str:

@@ -19,13 +19,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from fedspeech.audit import audit_rounds, leakage_means
 from fedspeech.capture import WAVEFORM, save_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
 from fedspeech.prepare import RunData, open_features, prepare_run
 from fedspeech.report import RunRecorder
-from fedspeech.report.leakage import audit_rounds, leakage_means
 from fedspeech.training import local_batches, loss_and_accuracy, predict
 
 

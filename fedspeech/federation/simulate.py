@@ -72,7 +72,7 @@ def simulate(
         backend_config=backend_config(cfg),  # type: ignore[arg-type]
     )
     if cfg.audit and not plain and recorder.rounds:
-        from fedspeech.report.leakage import audit_rounds
+        from fedspeech.audit import audit_rounds
 
         # Every capture is audited already; this only summarises all rounds together.
         audit_rounds(cfg, run_dir, None)

@@ -1,4 +1,8 @@
-"""Files and text the privacy audit writes: CSV, JSON, WAVs, figures and a summary table.
+"""Files and text the privacy audit writes: CSV, JSON, WAVs, figures and the summary.
+
+:func:`write_outputs` writes ``leakage.csv``, ``summary.json`` and the summary plots of an
+audit from its rows (:func:`summarize` gives the statistics); the per-sample WAVs and
+spectrograms are written as each capture is scored (:mod:`fedspeech.audit.scoring`).
 
 Every file goes through :mod:`fedspeech.fileio` (temporary file, then rename), so a reader,
 or a resumed audit, never sees half a result. Figures are drawn on
@@ -16,15 +20,20 @@ Examples
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attacks.scoring import summarize as summarize_table
+from fedspeech.audit.selection import Job
+from fedspeech.audit.settings import AuditSettings
 from fedspeech.fileio import atomic_save_figure, atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -38,10 +47,12 @@ __all__ = [
     "leakage_by_round_plot",
     "log_mel",
     "spectrogram_figure",
+    "summarize",
     "summary_plot",
     "summary_table",
     "write_csv",
     "write_json",
+    "write_outputs",
     "write_wav",
 ]
 
@@ -157,7 +168,7 @@ def write_wav(path: Path, wave: np.ndarray, sr: int = 16_000, *, peak: float | N
         Scale to this peak first (for reconstructions, whose level is arbitrary); None
         writes the samples as they are, clipped to [-1, 1].
     """
-    import soundfile as sf
+    import soundfile as sf  # imported here, as the plotting libraries below: slow to import
 
     x = np.nan_to_num(np.asarray(wave, dtype=np.float64).ravel())
     top = float(np.max(np.abs(x))) if x.size else 0.0
@@ -175,7 +186,7 @@ def log_mel(wave: np.ndarray, sr: int = 16_000, n_mels: int = 64) -> np.ndarray:
     Finer than the models' 32 x 32 input (64 bands, 10 ms hop) so that the images show what
     a listener hears; 80 dB below the peak is the floor.
     """
-    import librosa
+    import librosa  # imported here: slow to import, needed for figures only
 
     x = np.nan_to_num(np.asarray(wave, dtype=np.float32).ravel())
     mel = librosa.feature.melspectrogram(
@@ -321,3 +332,77 @@ def _cell(stats: Any) -> str:
     assert isinstance(stats, Mapping)
     std = stats.get("std")
     return f"{mean:.3g} ± {float(std or 0.0):.2g} (n={int(stats.get('n', 0))})"
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], settings: AuditSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``from_gradients`` and ``from_features`` statistics of the scored rows."""
+    # A judge that was switched off scores nothing: its metric is left out, not NaN.
+    off = {"speaker_reid_rate"} if not settings.speaker else set()
+    off |= {"content_rate"} if not settings.content else set()
+
+    def stats(prefix: str, with_features: bool) -> dict[str, Any]:
+        table: list[dict[str, float]] = []
+        for row in rows:
+            if "label" not in row:
+                continue  # a reconstructed sample left without a true partner
+            entry: dict[str, float] = {}
+            for metric, (col, ff) in SUMMARY_METRICS.items():
+                if metric in off or (with_features and not ff):
+                    continue
+                value = row.get(prefix + col)
+                entry[metric] = np.nan if value is None else float(value)
+            table.append(entry)
+        return summarize_table(table)
+
+    # A raw-waveform run has no stage 2, hence no "from features" ceiling.
+    has_ff = any(key.startswith(FF_PREFIX) for row in rows for key in row)
+    return stats("", False), (stats(FF_PREFIX, True) if has_ff else {})
+
+
+def write_outputs(
+    out: Path,
+    jobs: Sequence[Job],
+    results: Mapping[str, Mapping[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    settings: AuditSettings,
+    scored: bool,
+    counts: Mapping[str, int],
+    t_start: float,
+) -> dict[str, Any]:
+    """leakage.csv, summary.json and the summary plots from all selected captures.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json`` (NaN as None).
+    """
+    write_csv(out / "leakage.csv", rows, LEAKAGE_COLUMNS)
+    grad, feat = summarize(rows, settings) if scored else ({}, {})
+    info: dict[str, Any] = {}
+    for job in jobs:  # the judges are fitted once per audit; any capture's copy will do
+        info = {**dict(results[job.name].get("scorer") or {}), **info}
+    summary: dict[str, Any] = {
+        "from_gradients": grad,
+        "from_features": feat,
+        "scored": scored,
+        "captures": len(jobs),
+        "samples": len(rows),
+        "rounds": sorted({job.server_round for job in jobs}),
+        **info,
+        "stage1": {
+            **counts,
+            "seconds": sum(float(results[j.name]["stage1"]["seconds"]) for j in jobs),
+            "iterations": sum(int(results[j.name]["stage1"]["iterations"]) for j in jobs),
+        },
+        "settings": dataclasses.asdict(settings),
+        "columns": {"from_features_prefix": FF_PREFIX, "from_features": list(FEATURE_COLUMNS)},
+        "seconds": time.perf_counter() - t_start,
+    }
+    write_json(out / "summary.json", summary)
+    if scored and rows:
+        summary_plot(out / "summary.png", summary)
+        if len(summary["rounds"]) > 1:
+            leakage_by_round_plot(out / "leakage_by_round.png", rows)
+    return clean_json(summary)  # type: ignore[no-any-return]

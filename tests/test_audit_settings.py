@@ -1,0 +1,94 @@
+"""The audit's settings: checked once, errors that name real flags, metadata that is the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from attacks.features import Stage1Settings, setting_name
+from fedspeech.audit import AuditSettings
+from fedspeech.cli import build_parser
+from fedspeech.errors import ConfigError
+
+
+def audit_options() -> dict[str, argparse.Action]:
+    """``fedspeech audit``'s options by flag."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    audit = sub.choices["audit"]
+    return {flag: a for a in audit._actions for flag in a.option_strings}
+
+
+def test_metadata_describes_the_audit_command_line() -> None:
+    options = audit_options()
+    covered = {"-h", "--help", "--quiet"}  # not settings
+    for spec in dataclasses.fields(AuditSettings):
+        if "help" not in spec.metadata:
+            flag = "--" + spec.name.replace("_", "-")
+            assert flag not in options, f"{spec.name} is a flag but its metadata has no help"
+            continue
+        flag = setting_name(AuditSettings, spec.name)
+        assert flag in options, f"{spec.name}: no {flag} in fedspeech audit"
+        action = options[flag]
+        covered.add(flag)
+        assert action.help == spec.metadata["help"], spec.name
+        if "choices" in spec.metadata:
+            assert tuple(action.choices or ()) == spec.metadata["choices"]
+        if flag.startswith("--no-"):  # a switch that turns a default-true setting off
+            assert spec.default is True and action.const is True and action.default is False
+        else:
+            assert action.dest == spec.name and action.default == spec.default, spec.name
+    assert set(options) == covered
+
+
+def test_stage1_fields_are_stage1_settings() -> None:
+    stage1 = {f.name: f for f in dataclasses.fields(Stage1Settings)}
+    shared = [f for f in dataclasses.fields(AuditSettings) if f.name in stage1]
+    assert [f.name for f in shared] == [
+        "iterations",
+        "restarts",
+        "lr",
+        "lr_start",
+        "extra_restarts",
+        "tv_weight",
+        "tv_reduction",
+        "distance",
+        "seed",
+    ]
+    for spec in shared:
+        assert spec.default == stage1[spec.name].default
+    settings = AuditSettings(iterations=50, lr_start=0.1, seed=3)
+    assert settings.stage1 == Stage1Settings(iterations=50, lr_start=0.1, seed=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.iterations = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"iterations": 0}, "--iterations must be at least 1, got 0"),
+        ({"extra_restarts": -1}, "--extra-restarts must not be negative, got -1"),
+        ({"tv_weight": -1.0}, "--tv-weight must not be negative, got -1.0"),
+        ({"lr": 0.1, "lr_start": 0.05}, "--lr-start must be at least --lr (0.1), got 0.05"),
+        ({"chunk": 0}, "--chunk must be at least 1, got 0"),
+        ({"threads": 0}, "--threads must be at least 1, got 0"),
+        ({"max_samples": 0}, "--max-samples must be at least 1, got 0"),
+        ({"content_epochs": 0}, "AuditSettings.content_epochs must be at least 1, got 0"),
+        ({"verifier_speakers": 0}, "AuditSettings.verifier_speakers must be at least 1, got 0"),
+        ({"verifier_clips": 1}, "AuditSettings.verifier_clips must be at least 2, got 1"),
+        ({"content_max_clips": 0}, "AuditSettings.content_max_clips must be at least 1, got 0"),
+        ({"speaker_model": "nobody"}, "unknown speaker model 'nobody'"),
+        ({"distance": "l1"}, "unknown gradient distance 'l1'"),
+    ],
+)
+def test_bad_settings_name_a_real_flag_or_the_setting(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        AuditSettings(**changes)  # type: ignore[arg-type]
+    assert str(err.value).startswith(message)
+    flag = message.split()[0]
+    if flag.startswith("--"):
+        assert flag in audit_options()
