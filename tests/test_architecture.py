@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "registry": 0,
     "fileio": 0,
+    "cluster": 0,
     "capture": 0,
     "config": 0,
     "data": 1,
