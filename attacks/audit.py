@@ -508,7 +508,8 @@ class _Scorer:
     ) -> None:
         from fedspeech.config import SimConfig
         from fedspeech.frontends import build_frontend
-        from fedspeech.prepare import peak_normalize, resolve_corpus
+        from fedspeech.tasks.kws import resolve_corpus
+        from fedspeech.tasks.prepare import peak_normalize
 
         self.run_dir = run_dir
         self.settings = settings

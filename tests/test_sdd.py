@@ -26,7 +26,7 @@ from fedspeech.data.corpus import SAMPLE_RATE
 from fedspeech.data.spoof import SpoofCorpus, build_spoof_corpus
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.models import build_model
-from fedspeech.prepare_sdd import eval_subsets
+from fedspeech.tasks.sdd import eval_subsets, select_roga_domains
 from fedspeech.training.aligners import build_aligner
 from fedspeech.training.dual_path import build_optimizer, dual_path_step, trainable_parameters
 from fedspeech.training.roga import RoGA, RoGAStats
@@ -36,7 +36,6 @@ from fedspeech.training.sdd import (
     path_cosine,
     score_clips,
     sdd_scores,
-    select_roga_domains,
     train_sdd,
 )
 from tests.test_cli_errors import assert_one_line_error, run_cli

@@ -11,8 +11,8 @@ from typing import Any
 
 from fedspeech.config import SimConfig
 from fedspeech.fileio import atomic_write_text
-from fedspeech.prepare import RunData, prepare_run
 from fedspeech.report import RunRecorder
+from fedspeech.tasks import RunData, prepare_run
 
 
 def backend_config(cfg: SimConfig) -> dict[str, Any]:
