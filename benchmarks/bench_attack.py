@@ -45,7 +45,7 @@ from fedspeech.data.corpus import fix_length
 from fedspeech.fileio import atomic_write_text
 from fedspeech.frontends import build_frontend
 from fedspeech.models import build_model
-from fedspeech.prepare import peak_normalize
+from fedspeech.tasks.prepare import peak_normalize
 from fedspeech.training import compute_gradient
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"

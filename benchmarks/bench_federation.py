@@ -110,7 +110,8 @@ def sequential(cfg: Any) -> list[float]:
 
     from fedspeech.federation.server_app import model_kwargs
     from fedspeech.models import build_model
-    from fedspeech.prepare import open_features, prepare_run
+    from fedspeech.tasks import prepare_run
+    from fedspeech.tasks.prepare import open_features
     from fedspeech.training import evaluate, local_batches, train_local
 
     data = prepare_run(cfg)

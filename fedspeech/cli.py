@@ -22,6 +22,7 @@ from fedspeech import __version__
 from fedspeech.audit import AUDIT_DIR, AuditSettings, audit_run, summary_table
 from fedspeech.audit.settings import GROUPS as AUDIT_GROUPS
 from fedspeech.config import GROUPS, SettingInfo, SimConfig, read_toml, settings_of
+from fedspeech.data.synth import synthesize_corpus
 from fedspeech.errors import ConfigError, FedspeechError
 
 # Imported here, not lazily: ``--help`` lists the names behind each registry.
@@ -253,8 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             simulate(sim_config(args))
         elif args.command == "data" and args.data_command == "synth":
-            from fedspeech.data.synth import synthesize_corpus
-
             root = synthesize_corpus(
                 Path(args.out) if args.out else None,
                 n_speakers=args.speakers,

@@ -33,7 +33,6 @@ import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -196,13 +195,17 @@ class SettingInfo:
         return self.task_defaults.get(task, self.default)
 
 
-@cache
+_SETTINGS: dict[type, tuple[SettingInfo, ...]] = {}
+
+
 def settings_of(cls: type) -> tuple[SettingInfo, ...]:
     """The settings a dataclass declares, in field order (fields without ``help`` skipped).
 
     Works on any dataclass whose fields carry :func:`setting`-style metadata (at least
     ``help``); the audit's and the attack's settings use the same keys.
     """
+    if cls in _SETTINGS:
+        return _SETTINGS[cls]
     hints = typing.get_type_hints(cls)
     out = []
     for fld in dataclasses.fields(cls):
@@ -235,7 +238,8 @@ def settings_of(cls: type) -> tuple[SettingInfo, ...]:
                 metavar=meta.get("metavar"),
             )
         )
-    return tuple(out)
+    _SETTINGS[cls] = tuple(out)
+    return _SETTINGS[cls]
 
 
 def _unwrap(hint: Any) -> tuple[type, bool]:
@@ -504,8 +508,8 @@ class SimConfig:
 
         Names behind registries are checked by :func:`fedspeech.tasks.check_config`.
         """
-        check_settings(self)
         self._validate_task_keys()
+        check_settings(self)
         if self.local_epochs == 0 and self.local_steps == 0:
             raise ConfigError("one of --local-epochs or --local-steps must be positive")
         count = self.capture_count()  # validates the spelling

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
+import re
+from pathlib import Path
+
 import pytest
 
 from fedspeech import __version__
 from fedspeech.cli import build_parser, main, sim_config
 from fedspeech.config import GROUPS, SimConfig, settings_of
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -53,3 +60,29 @@ def test_flags_override_toml_and_only_given_flags_count(tmp_path: object) -> Non
     assert (cfg.task, cfg.lr, cfg.progress) == ("sdd", 0.5, False)
     assert cfg.model == "aasist-xs"  # the task's default, since --model was not given
     assert cfg.explicit == {"task", "lr"}
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    out: set[str] = set()
+    for action in parser._actions:
+        out.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _flags(sub)
+    return out
+
+
+def test_every_error_names_a_flag_that_exists() -> None:
+    """A ``--flag`` in the text of any ``raise`` in the project is a real flag."""
+    flags = _flags(build_parser())
+    unknown: list[str] = []
+    for path in sorted([*(ROOT / "fedspeech").rglob("*.py"), *(ROOT / "attacks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Raise):
+                continue
+            for const in ast.walk(node):
+                if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                    for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", const.value):
+                        if flag not in flags:
+                            unknown.append(f"{path.relative_to(ROOT)}:{node.lineno} {flag}")
+    assert unknown == []

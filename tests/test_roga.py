@@ -40,7 +40,7 @@ def _update(model: nn.Module, **kw: object) -> tuple[torch.Tensor, RoGAStats]:
 
 def test_step_changes_parameters_and_reports() -> None:
     model = _mlp()
-    delta, stats = _update(model)
+    delta, stats = _update(model, rho=0.1, alpha=2e-4)
     assert float(delta.abs().min()) >= 0 and float(delta.norm()) > 0
     assert stats.num_domains == 3
     assert -1.0 <= stats.cosine <= 1.0
@@ -79,7 +79,7 @@ def test_single_domain_has_no_cosine() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y, _ = _batch()
-    stats = RoGA(model, opt).step(x, y, torch.zeros(24, dtype=torch.int64))
+    stats = RoGA(model, opt, 0.1, 2e-4).step(x, y, torch.zeros(24, dtype=torch.int64))
     assert stats.num_domains == 1 and math.isnan(stats.cosine) and not stats.conflict
 
 
@@ -182,7 +182,8 @@ def test_train_roga_reduces_the_loss(mode: str) -> None:
     rng = np.random.default_rng(0)
     batches = [np.sort(rng.choice(len(labels), 24, replace=False)) for _ in range(30)]
     result = train_roga(
-        model, x, labels, domains, batches, lr=0.01, mode=mode,  # type: ignore[arg-type]
+        model, x, labels, domains, batches, lr=0.01, rho=0.1, alpha=2e-4,
+        mode=mode,  # type: ignore[arg-type]
         augment=lambda t: t + 0.05 * torch.randn_like(t),
     )  # fmt: skip
     with torch.no_grad():
@@ -198,6 +199,6 @@ def test_bad_settings() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ConfigError, match="mode"):
-        RoGA(model, opt, mode="hessian")  # type: ignore[arg-type]
+        RoGA(model, opt, 0.1, 2e-4, mode="hessian")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="rho"):
-        RoGA(model, opt, rho=-1.0)
+        RoGA(model, opt, rho=-1.0, alpha=2e-4)

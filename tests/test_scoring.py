@@ -133,7 +133,7 @@ def test_pesq_ignores_noise_below_one_16_bit_step() -> None:
     from fedspeech.data.audio import read_clip, resample
     from fedspeech.data.corpus import fix_length
     from fedspeech.frontends import build_frontend
-    from fedspeech.prepare import peak_normalize
+    from fedspeech.tasks.prepare import peak_normalize
 
     x, sr = read_clip(RECORDINGS / "2_yweweler_3.wav")
     wave = peak_normalize(fix_length(resample(x, sr, 16_000))[None])[0]

@@ -21,12 +21,13 @@ from torch import nn
 
 from fedspeech.augment import build_augmentation
 from fedspeech.capture import load_capture, load_truth
-from fedspeech.config import KWS_ONLY, SDD_ONLY, TASK_DEFAULTS, SimConfig, read_toml
+from fedspeech.config import SimConfig, read_toml, settings_of, task_defaults, task_only_keys
 from fedspeech.data.corpus import SAMPLE_RATE
 from fedspeech.data.spoof import SpoofCorpus, build_spoof_corpus
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.models import build_model
-from fedspeech.prepare_sdd import eval_subsets
+from fedspeech.tasks import check_config
+from fedspeech.tasks.sdd import eval_subsets, select_roga_domains
 from fedspeech.training.aligners import build_aligner
 from fedspeech.training.dual_path import build_optimizer, dual_path_step, trainable_parameters
 from fedspeech.training.roga import RoGA, RoGAStats
@@ -36,7 +37,6 @@ from fedspeech.training.sdd import (
     path_cosine,
     score_clips,
     sdd_scores,
-    select_roga_domains,
     train_sdd,
 )
 from tests.test_cli_errors import assert_one_line_error, run_cli
@@ -45,24 +45,26 @@ from tests.test_simulation import leftover_processes
 # --- configuration -----------------------------------------------------------------------------
 
 
-def test_kws_field_defaults_are_the_kws_task_defaults() -> None:
+def test_kws_takes_the_declared_defaults() -> None:
     cfg = SimConfig()
-    for key, value in TASK_DEFAULTS["kws"].items():
-        assert getattr(cfg, key) == value, key
+    assert cfg.task == "kws"
+    for info in settings_of(SimConfig):
+        assert getattr(cfg, info.name) == info.default, info.name
+    assert task_defaults("kws") == {}  # kws is the task the declarations are written for
 
 
 def test_sdd_takes_its_task_defaults_unless_set() -> None:
     cfg = SimConfig.from_mapping({"task": "sdd"})
-    for key, value in TASK_DEFAULTS["sdd"].items():
+    for key, value in task_defaults("sdd").items():
         assert getattr(cfg, key) == value, key
     cfg = SimConfig.from_mapping({"task": "sdd", "model": "aasist-l", "rounds": 3})
     assert (cfg.model, cfg.rounds) == ("aasist-l", 3)
     # A flag given before the task changes keeps its value (TOML file, then flags).
     cfg = SimConfig.from_mapping({"lr": 0.5}).updated({"task": "sdd"})
-    assert cfg.lr == 0.5 and cfg.model == TASK_DEFAULTS["sdd"]["model"]
+    assert cfg.lr == 0.5 and cfg.model == task_defaults("sdd")["model"]
 
 
-@pytest.mark.parametrize("key", KWS_ONLY)
+@pytest.mark.parametrize("key", task_only_keys("kws"))
 def test_kws_only_key_rejected_for_sdd(key: str) -> None:
     valid = {"synth_speakers": 10, "synth_takes": 1}
     value: object = valid.get(key, "mel")
@@ -71,7 +73,7 @@ def test_kws_only_key_rejected_for_sdd(key: str) -> None:
         SimConfig.from_mapping({"task": "sdd", key: value})
 
 
-@pytest.mark.parametrize("key", SDD_ONLY)
+@pytest.mark.parametrize("key", task_only_keys("sdd"))
 def test_sdd_only_key_rejected_for_kws(key: str) -> None:
     value: dict[str, object] = {
         "clip_samples": 8000,
@@ -100,13 +102,13 @@ def test_sdd_only_key_rejected_for_kws(key: str) -> None:
         ({"roga_rho": -0.1}, "must not be negative"),
         (
             {"roga_domains": "corpus"},
-            "unknown --roga-domains 'corpus'; known: attack, speaker, path",
+            "unknown --roga-domains 'corpus'; known: attack, path, speaker",
         ),
     ],
 )
 def test_bad_sdd_values(values: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:
-        SimConfig.from_mapping({"task": "sdd", **values})
+        check_config(SimConfig.from_mapping({"task": "sdd", **values}))
     assert needle in str(err.value)
 
 
@@ -119,7 +121,7 @@ def test_sdd_toml_round_trips_and_kws_toml_has_no_sdd_keys(tmp_path: Path) -> No
     back = SimConfig.from_mapping(read_toml(path))
     assert back == cfg and (back.alignment, back.roga_domains) == ("roga", "speaker")
     kws_keys = set(SimConfig().to_dict())
-    assert not kws_keys & {k.replace("_", "-") for k in SDD_ONLY}
+    assert not kws_keys & {k.replace("_", "-") for k in task_only_keys("sdd")}
 
 
 def test_cli_bad_alignment_is_one_line() -> None:
@@ -129,7 +131,7 @@ def test_cli_bad_alignment_is_one_line() -> None:
 
 def test_cli_bad_roga_domains_is_one_line() -> None:
     proc = run_cli("simulate", "--task", "sdd", "--alignment", "roga", "--roga-domains", "corpus")
-    assert_one_line_error(proc, "unknown --roga-domains 'corpus'; known: attack, speaker, path")
+    assert_one_line_error(proc, "unknown --roga-domains 'corpus'; known: attack, path, speaker")
 
 
 def test_cli_kws_flag_with_sdd_is_one_line() -> None:
@@ -183,6 +185,8 @@ def test_train_sdd_updates_and_is_reproducible(alignment: str) -> None:
             alignment=alignment,
             lr=1e-3,
             seed=(0, 1, 2),
+            roga_rho=0.1,
+            roga_alpha=2e-4,
         )
         assert res.steps == 2 and res.num_examples == 12
         assert math.isfinite(res.loss) and -1.0 <= res.mean_cosine <= 1.0
@@ -214,7 +218,7 @@ def _roga_by_hand(
     """
     torch.manual_seed(1)
     run_aug = augment_fn(build_augmentation("rawboost:3"), np.random.default_rng((0, 1, 2)))
-    roga = RoGA(model, build_optimizer("adam", trainable_parameters(model), lr=1e-3))
+    roga = RoGA(model, build_optimizer("adam", trainable_parameters(model), lr=1e-3), 0.1, 2e-4)
     model.train()
     stats, cosines = [], []
     for batch in batches:
@@ -239,7 +243,7 @@ def _train(model: nn.Module, waves: np.ndarray, labels: np.ndarray, **kw: Any) -
     batches = [np.arange(0, 6), np.arange(6, 12)]
     return train_sdd(
         model, waves, labels, batches, augment="rawboost:3", alignment="roga", lr=1e-3,
-        seed=(0, 1, 2), **kw,
+        seed=(0, 1, 2), roga_rho=0.1, roga_alpha=2e-4, **kw,
     )  # fmt: skip
 
 
@@ -304,7 +308,8 @@ def test_train_sdd_refuses_domains_of_another_length() -> None:
     with pytest.raises(ValueError, match="roga_domains"):
         train_sdd(
             _fresh_model(), waves, labels, [np.arange(6)], augment="rawboost:3",
-            alignment="roga", lr=1e-3, roga_domains=np.zeros(5, dtype=np.int64),
+            alignment="roga", lr=1e-3, roga_rho=0.1, roga_alpha=2e-4,
+            roga_domains=np.zeros(5, dtype=np.int64),
         )  # fmt: skip
 
 
@@ -336,13 +341,13 @@ def _tiny_run(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return data, attack
 
 
-@pytest.mark.parametrize("kind", ["attack", "path", None])
+@pytest.mark.parametrize("kind", ["attack", "path"])
 def test_client_passes_the_configured_roga_domains(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-    import fedspeech.training.sdd as sdd_mod
+    import fedspeech.tasks.sdd as sdd_mod
     from fedspeech.federation.client_app import train
 
     data, attack = _tiny_run(tmp_path)
@@ -373,7 +378,7 @@ def test_client_passes_the_configured_roga_domains(
         "optimizer": "adam",
         "roga-rho": 0.1,
         "roga-alpha": 2e-4,
-        **({"roga-domains": kind} if kind is not None else {}),
+        "roga-domains": kind,
     }
     content = RecordDict(
         {
@@ -390,7 +395,7 @@ def test_client_passes_the_configured_roga_domains(
     (domains,) = seen
     if kind == "path":
         assert domains is None
-    else:  # the key's absence means its default, attack
+    else:
         assert domains is not None and domains.tolist() == attack.tolist()
 
 

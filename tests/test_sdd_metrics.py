@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
-from fedspeech.metrics import asv_error_rates, det_curve, eer, min_tdcf, tdcf_curve
+from fedspeech.metrics import (
+    asv_eer_threshold,
+    asv_error_rates,
+    det_curve,
+    eer,
+    min_tdcf,
+    tdcf_curve,
+)
 
 # Shared worked example.
 # CM scores, sorted: 0.1 s, 0.2 b, 0.3 s, 0.5 s, 0.6 s, 0.8 b, 0.9 b  (3 bona fide, 4 spoofs).
@@ -24,18 +33,61 @@ def test_det_curve_points() -> None:
 
 
 def test_eer_perfect_separation_is_zero() -> None:
-    # Rejecting everything up to the best spoof (0.4) misses no bona fide trial.
+    # Rejecting everything up to the best spoof (0.4) misses no bona fide trial; the
+    # threshold lies halfway to the lowest bona fide score (0.7).
     value, threshold = eer([0.7, 0.9, 0.8], [0.1, 0.4, 0.3])
     assert value == 0.0
-    assert threshold == pytest.approx(0.4)
+    assert threshold == pytest.approx(0.55)
 
 
 def test_eer_mixed_case() -> None:
-    # |miss - fa| along the curve: 1, 3/4, 5/12, 1/6, 1/12, 1/3, 2/3, 1 -> smallest at t=0.5,
-    # where miss = 1/3 and fa = 1/4, so EER = (1/3 + 1/4) / 2 = 7/24.
+    # |miss - fa| along the curve: 1, 3/4, 5/12, 1/6, 1/12, 1/3, 2/3, 1 -> smallest when
+    # rejecting up to 0.5, where miss = 1/3 and fa = 1/4, so EER = (1/3 + 1/4) / 2 = 7/24;
+    # accepting from halfway to the next score (0.6) on reaches it.
     value, threshold = eer(BONA, SPOOF)
     assert value == pytest.approx(7 / 24)
-    assert threshold == pytest.approx(0.5)
+    assert threshold == pytest.approx(0.55)
+
+
+def test_eer_tie_rule_is_one_value_for_every_caller() -> None:
+    from attacks.scoring.speaker import eer as speaker_eer
+    from fedspeech.training.sdd import sdd_scores
+
+    # (FRR, FAR) = (1/3, 1/2) on (1, 2] and (2/3, 1/2) on (2, 3]: equally near the crossing
+    # (|FAR - FRR| = 1/6); the one with the lower error, 5/12, is taken. (Before the shared
+    # EER, the spoofing metric gave 7/12 here and the speaker verifier 5/12.)
+    bona, spoof = [1.0, 2.0, 3.0], [0.0, 4.0]
+    assert speaker_eer is eer
+    assert eer(bona, spoof) == (pytest.approx(5 / 12), 1.5)
+    scores, labels = np.array(bona + spoof), np.array([1, 1, 1, 0, 0])
+    assert sdd_scores(scores, labels, {"eer": np.arange(5)})["eer"] == eer(bona, spoof).eer
+    # Symmetric: swapping the classes and negating the scores changes nothing.
+    assert eer([-s for s in spoof], [-s for s in bona]).eer == eer(bona, spoof).eer
+
+
+def _eer_by_the_rule(pos: list[int], neg: list[int]) -> tuple[Fraction, int, int]:
+    """The rule in exact arithmetic, brute force: (eer, #pos rejected, #neg accepted)."""
+    points = []
+    for t in [min(pos + neg) - 1, *sorted(set(pos + neg))]:  # reject scores <= t
+        frr = Fraction(sum(p <= t for p in pos), len(pos))
+        far = Fraction(sum(n > t for n in neg), len(neg))
+        points.append((abs(far - frr), far + frr, t, frr, far))
+    gap, total, t, frr, far = min(points)
+    return total / 2, sum(p <= t for p in pos), sum(n > t for n in neg)
+
+
+def test_eer_matches_the_rule_on_tied_integer_scores() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        pos = rng.integers(0, 6, rng.integers(1, 8)).tolist()
+        neg = rng.integers(-2, 4, rng.integers(1, 8)).tolist()
+        value, threshold = eer(pos, neg)
+        expected, missed, false_alarms = _eer_by_the_rule(pos, neg)
+        assert value == pytest.approx(float(expected), abs=1e-15)
+        # The threshold reaches exactly the point the EER is made of.
+        assert sum(p < threshold for p in pos) == missed
+        assert sum(n >= threshold for n in neg) == false_alarms
+        assert eer([-n for n in neg], [-p for p in pos]).eer == pytest.approx(value, abs=1e-15)
 
 
 def test_eer_inverted_and_tied_scores() -> None:
@@ -66,7 +118,8 @@ ASV_SPOOF = [0.5, 3.5, 8.0, 9.0]
 
 
 def test_asv_error_rates_at_eer_threshold() -> None:
-    assert eer(ASV_TAR, ASV_NON) == (0.25, 3.0)
+    assert eer(ASV_TAR, ASV_NON) == (0.25, 3.5)
+    assert asv_eer_threshold(ASV_TAR, ASV_NON) == 3.0
     rates = asv_error_rates(ASV_TAR, ASV_NON, ASV_SPOOF, 3.0)
     assert (rates.p_fa, rates.p_miss, rates.p_miss_spoof) == (0.25, 0.25, 0.25)
 

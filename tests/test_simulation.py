@@ -20,7 +20,7 @@ from fedspeech.data.loaders import load_dataset
 from fedspeech.data.synth import synthesize_corpus
 from fedspeech.frontends import build_frontend
 from fedspeech.models import build_model
-from fedspeech.prepare import peak_normalize
+from fedspeech.tasks.prepare import peak_normalize
 from fedspeech.training import compute_gradient, train_local
 
 pytestmark = pytest.mark.slow

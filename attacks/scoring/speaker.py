@@ -8,7 +8,7 @@ clips, as a speaker-verification system would.
 Examples
 --------
 >>> eer([0.9, 0.8, 0.7, 0.4], [0.5, 0.3, 0.2, 0.1])
-(0.25, 0.45)
+EqualErrorRate(eer=0.25, threshold=0.45)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 
 from attacks.scoring.quality import METRICS, resample
 from fedspeech.errors import ConfigError, FedspeechError
+from fedspeech.metrics.eer import eer
 from fedspeech.registry import Registry
 
 __all__ = [
@@ -198,64 +199,6 @@ class EcapaEncoder:
         with torch.no_grad():
             emb = self._model.encode_batch(x)
         return np.asarray(emb.detach().cpu().numpy().ravel(), dtype=np.float32)
-
-
-def eer(
-    scores_same: Sequence[float] | np.ndarray, scores_diff: Sequence[float] | np.ndarray
-) -> tuple[float, float]:
-    """Equal error rate and the threshold that reaches it.
-
-    A pair is accepted when its score is at least the threshold. Between consecutive
-    distinct scores the false-accept rate ``FAR = mean(diff >= t)`` and false-reject rate
-    ``FRR = mean(same < t)`` are constant. The interval with the smallest ``|FAR - FRR|``
-    (ties: the smaller ``(FAR + FRR) / 2``) is taken; the EER is its ``(FAR + FRR) / 2`` and
-    the threshold its midpoint, so the threshold achieves exactly the reported rates.
-
-    Parameters
-    ----------
-    scores_same, scores_diff : array-like
-        ``(n_same,)`` and ``(n_diff,)`` similarity scores, higher = more alike.
-
-    Returns
-    -------
-    eer : float
-        In [0, 1].
-    threshold : float
-        Accept when ``score >= threshold``.
-
-    Raises
-    ------
-    ValueError
-        Either set is empty or holds NaN.
-    """
-    same = np.asarray(scores_same, dtype=np.float64).ravel()
-    diff = np.asarray(scores_diff, dtype=np.float64).ravel()
-    if same.size == 0 or diff.size == 0:
-        raise ValueError("eer needs at least one same-speaker and one different-speaker score")
-    if np.isnan(same).any() or np.isnan(diff).any():
-        raise ValueError("eer scores contain NaN")
-    edges = np.unique(np.concatenate([same, diff]))
-    # Interval i is (edges[i-1], edges[i]]; interval len(edges) lies above every score.
-    uppers = np.append(edges, np.inf)
-    same_sorted, diff_sorted = np.sort(same), np.sort(diff)
-    frr = np.searchsorted(same_sorted, uppers, side="left") / same.size
-    far = 1.0 - np.searchsorted(diff_sorted, uppers, side="left") / diff.size
-    # Rounded so that ties that are exact in rational arithmetic stay ties in floating point.
-    gap = np.round(np.abs(far - frr), 12)
-    mean = (far + frr) / 2.0
-    best = int(np.lexsort((mean, gap))[0])
-    rate = float(mean[best])
-    lo = edges[best - 1] if best > 0 else -np.inf
-    hi = uppers[best]
-    if np.isinf(lo):
-        # Below every score: accept all pairs.
-        threshold = float(hi)
-    elif np.isinf(hi):
-        # Above every score: reject all pairs.
-        threshold = float(np.nextafter(lo, np.inf))
-    else:
-        threshold = float((lo + hi) / 2.0)
-    return rate, threshold
 
 
 class SpeakerVerifier:

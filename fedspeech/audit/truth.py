@@ -21,7 +21,8 @@ from fedspeech.capture import CaptureFormatError, load_truth
 from fedspeech.config import SimConfig, read_toml
 from fedspeech.errors import FedspeechError
 from fedspeech.frontends import build_frontend
-from fedspeech.prepare import peak_normalize, resolve_corpus
+from fedspeech.tasks.kws import resolve_corpus
+from fedspeech.tasks.prepare import peak_normalize
 
 __all__ = ["Truth", "WaveTruth", "is_waveform_run"]
 

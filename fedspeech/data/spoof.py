@@ -46,8 +46,10 @@ import numpy as np
 from tqdm import tqdm
 
 from fedspeech.data.audio import read_clip, resample
+from fedspeech.data.cache import cache_dir, is_complete, mark_complete
 from fedspeech.data.corpus import CLIP_SAMPLES, SAMPLE_RATE, SPLITS
 from fedspeech.data.spoof_attacks import SPOOF_ATTACKS, apply_attack
+from fedspeech.data.synth import synthesize_corpus
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.fileio import publish_dir
 
@@ -430,19 +432,6 @@ def _source_fingerprint(root: Path, sources: Sequence[BonafideSource]) -> str:
     return h.hexdigest()
 
 
-def _is_complete(root: Path, params: dict[str, Any]) -> bool:
-    marker = root / ".complete"
-    if not marker.is_file():
-        return False
-    try:
-        found = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        found = None
-    if found != params:
-        raise DataError(f"{root} holds a spoof corpus built with other parameters: {found}")
-    return True
-
-
 def build_spoof_corpus(
     bonafide_root: Path | None = None,
     *,
@@ -492,7 +481,7 @@ def build_spoof_corpus(
     DataError
         No usable audio, fewer than 3 speakers, or ``out_root`` holds something else.
     """
-    from fedspeech.data.synth import cache_dir, synthesize_corpus
+    # The synthesizer pulls in SciPy's signal module: loaded only when a corpus is built.
 
     attacks, unseen = tuple(attacks), tuple(unseen)
     _validate(attacks, unseen, seed, workers, max_per_speaker)
@@ -520,7 +509,7 @@ def build_spoof_corpus(
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(out_root) if out_root is not None else cache_dir() / "spoof" / key
-    if _is_complete(root, params):
+    if is_complete(root, params, "spoof corpus"):
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(f"{root} exists and is not a finished spoof corpus; remove it first")
@@ -560,9 +549,9 @@ def build_spoof_corpus(
         if not lines:
             raise DataError(f"no usable bona fide audio under {source}")
         (tmp / PROTOCOL).write_text("".join(lines))
-        (tmp / ".complete").write_text(json.dumps(params, sort_keys=True) + "\n")
+        mark_complete(tmp, params)
         # Another builder of the same corpus may win the race: theirs is as good as ours.
-        publish_dir(tmp, root, lambda: _is_complete(root, params))
+        publish_dir(tmp, root, lambda: is_complete(root, params, "spoof corpus"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

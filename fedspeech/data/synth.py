@@ -39,6 +39,7 @@ import numpy as np
 from scipy.signal import firwin, resample_poly
 from tqdm import tqdm
 
+from fedspeech.data.cache import cache_dir, is_complete, mark_complete
 from fedspeech.data.corpus import CLIP_SAMPLES, SAMPLE_RATE, fix_length
 from fedspeech.data.espeak import (
     ACCENT_VOICES,
@@ -171,12 +172,6 @@ def split_speakers(speakers: Sequence[SpeakerSpec], seed: int = 0) -> dict[str, 
     return split
 
 
-def cache_dir() -> Path:
-    """Root of fedspeech's caches: ``$FEDSPEECH_CACHE`` or ``~/.cache/fedspeech``."""
-    env = os.environ.get("FEDSPEECH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedspeech"
-
-
 def _params(n_speakers: int, takes: int, seed: int, words: tuple[str, ...]) -> dict[str, object]:
     return {
         "format_version": FORMAT_VERSION,
@@ -217,19 +212,6 @@ def _validate(n_speakers: int, takes: int, seed: int, words: tuple[str, ...], wo
             raise ConfigError(f"word {w!r} must be lowercase letters, digits, ' or -")
     if len(set(words)) != len(words):
         raise ConfigError(f"words must be unique, got {list(words)}")
-
-
-def _is_complete(root: Path, params: dict[str, object]) -> bool:
-    marker = root / ".complete"
-    if not marker.is_file():
-        return False
-    try:
-        found = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        found = None
-    if found != params:
-        raise DataError(f"{root} holds a synthetic corpus built with other parameters: {found}")
-    return True
 
 
 def _check_voices(speakers: Sequence[SpeakerSpec]) -> None:
@@ -383,7 +365,7 @@ def synthesize_corpus(
         if out_root is not None
         else cache_dir() / "synth" / corpus_key(n_speakers, takes, seed, words)
     )
-    if _is_complete(root, params):
+    if is_complete(root, params, "synthetic corpus"):
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(f"{root} exists and is not a finished synthetic corpus; remove it first")
@@ -414,9 +396,9 @@ def synthesize_corpus(
             pool.close()
             pool.join()
         _write_metadata(tmp, speakers, split, words, takes)
-        (tmp / ".complete").write_text(json.dumps(params, sort_keys=True) + "\n")
+        mark_complete(tmp, params)
         # Another builder of the same corpus may win the race: theirs is as good as ours.
-        publish_dir(tmp, root, lambda: _is_complete(root, params))
+        publish_dir(tmp, root, lambda: is_complete(root, params, "synthetic corpus"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

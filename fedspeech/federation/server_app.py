@@ -20,30 +20,19 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from fedspeech.audit import audit_rounds, leakage_means
-from fedspeech.capture import WAVEFORM, save_truth
+from fedspeech.capture import save_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
-from fedspeech.prepare import RunData, open_features, prepare_run
 from fedspeech.report import RunRecorder
+from fedspeech.tasks import TASKS, prepare_run
+from fedspeech.tasks.prepare import RunData, open_features
 from fedspeech.training import local_batches, loss_and_accuracy, predict
 
 
 def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:
     """Keyword arguments that rebuild the run's model (stored in every capture)."""
-    if cfg.task == "sdd":
-        kwargs: dict[str, Any] = {
-            "num_classes": len(data.classes),
-            "num_samples": int(data.input_shape[-1]),
-        }
-        if not cfg.dropout:  # only when off, so captures of default runs stay as they were
-            kwargs["dropout"] = False
-        return kwargs
-    return {
-        "num_classes": len(data.classes),
-        "input_shape": list(data.input_shape),
-        "activation": cfg.activation,
-    }
+    return TASKS.get(cfg.task).model_kwargs(cfg, data)
 
 
 def build_strategy(cfg: SimConfig) -> Strategy:
@@ -79,21 +68,9 @@ def train_config(cfg: SimConfig, data: RunData) -> ConfigRecord:
             "local-steps": cfg.local_steps,
             "seed": cfg.seed,
             "task": cfg.task,
-            **(_sdd_train_config(cfg) if cfg.task == "sdd" else {}),
+            **TASKS.get(cfg.task).client_config(cfg),
         }
     )
-
-
-def _sdd_train_config(cfg: SimConfig) -> dict[str, Any]:
-    """What an sdd client needs besides the keyword-spotting keys."""
-    return {
-        "augment": cfg.augment,
-        "alignment": cfg.alignment,
-        "optimizer": cfg.optimizer,
-        "roga-rho": cfg.roga_rho,
-        "roga-alpha": cfg.roga_alpha,
-        "roga-domains": cfg.roga_domains,
-    }
 
 
 def training_meta(cfg: SimConfig) -> dict[str, Any]:
@@ -106,16 +83,7 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
         "local_steps": 1 if cfg.share == "gradient" else cfg.local_steps,
         "strategy": cfg.strategy,
     }
-    if cfg.task == "sdd":
-        meta.update(
-            task="sdd",
-            augment=cfg.augment,
-            alignment=cfg.alignment,
-            optimizer=cfg.optimizer,
-            roga_rho=cfg.roga_rho,
-            roga_alpha=cfg.roga_alpha,
-            roga_domains=cfg.roga_domains,
-        )
+    meta.update(TASKS.get(cfg.task).training_meta(cfg))
     return meta
 
 
@@ -169,6 +137,7 @@ def run_server(
     ``plain=True`` runs Flower's strategy alone, without the capture wrapper (the
     baseline of ``benchmarks/bench_federation.py``); it needs ``share="update"``.
     """
+    task = TASKS.get(cfg.task)
     random.seed(cfg.seed)  # Flower samples clients with the ``random`` module
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(1)
@@ -187,8 +156,7 @@ def run_server(
         capture_meta={
             "model": cfg.model,
             "model_kwargs": kwargs,
-            # sdd models take the waveform itself: no front-end outside the model.
-            "frontend": WAVEFORM if cfg.task == "sdd" else cfg.frontend,
+            "frontend": task.capture_frontend(cfg),
             "frontend_kwargs": {},
             "training": training_meta(cfg),
         },
@@ -205,14 +173,10 @@ def run_server(
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal round_start
         model.load_state_dict(arrays.to_torch_state_dict())
-        # One forward pass over the test set gives accuracy, loss and (sdd) the EER scores.
+        # One forward pass over the test set gives accuracy, loss and the task's metrics.
         logits = predict(model, test_x)
         loss, acc = loss_and_accuracy(logits, test_y)
-        extra: dict[str, float] = {}
-        if cfg.task == "sdd":
-            from fedspeech.training.sdd import bona_fide_scores, sdd_scores
-
-            extra = sdd_scores(bona_fide_scores(logits), test_y, data.eval_sets)
+        extra = task.evaluate(logits, test_y, data)
         now = time.perf_counter()
         recorder.evaluated(server_round, acc, loss, now - round_start, extra=extra)
         if cfg.audit and server_round > 0 and isinstance(strategy, HonestButCuriousStrategy):

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedspeech.audit import audit_rounds
+from fedspeech.cluster import check_reachable
 from fedspeech.config import SimConfig
 from fedspeech.fileio import atomic_write_text
-from fedspeech.prepare import RunData, prepare_run
 from fedspeech.report import RunRecorder
+from fedspeech.tasks import RunData, prepare_run
 
 
 def backend_config(cfg: SimConfig) -> dict[str, Any]:
@@ -42,6 +44,8 @@ def simulate(
     :class:`fedspeech.errors.FedspeechError` before Ray starts.
     """
     t0 = time.perf_counter()
+    if cfg.ray_address:
+        check_reachable(cfg.ray_address)  # Ray itself would retry for minutes
     data: RunData = prepare_run(cfg)
     run_dir = data.run_dir
     atomic_write_text(run_dir / "config.toml", cfg.to_toml())
@@ -72,8 +76,6 @@ def simulate(
         backend_config=backend_config(cfg),  # type: ignore[arg-type]
     )
     if cfg.audit and not plain and recorder.rounds:
-        from fedspeech.audit import audit_rounds
-
         # Every capture is audited already; this only summarises all rounds together.
         audit_rounds(cfg, run_dir, None)
     recorder.save()

@@ -5,6 +5,8 @@ system, more target). A detection curve is evaluated at every distinct score ``t
 rejecting the trials scoring ``<= t`` (plus one point below all scores, rejecting none),
 as in the official ASVspoof 2019 evaluation script. Tied scores are one operating point
 (the official script steps through ties one trial at a time, which is order dependent).
+The curve and the EER are those of :mod:`fedspeech.metrics.eer`, shared with speaker
+verification.
 
 References
 ----------
@@ -16,13 +18,16 @@ plan (cost model ``π_spoof = 0.05``, ``C_miss = 1``, ``C_fa = 10``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from fedspeech.metrics.eer import ArrayLike, det_curve, eer
+from fedspeech.metrics.eer import scores_array as _scores
+
 __all__ = [
     "AsvErrorRates",
+    "asv_eer_threshold",
     "asv_error_rates",
     "det_curve",
     "eer",
@@ -30,86 +35,22 @@ __all__ = [
     "tdcf_curve",
 ]
 
-ArrayLike = np.ndarray | Sequence[float]
 
+def asv_eer_threshold(target: ArrayLike, nontarget: ArrayLike) -> float:
+    """The ASV system's EER operating point as the highest score it rejects.
 
-def _scores(x: ArrayLike, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64).ravel()
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite scores")
-    return arr
-
-
-def det_curve(
-    positive: ArrayLike, negative: ArrayLike
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Miss and false-alarm rates at every threshold.
-
-    Parameters
-    ----------
-    positive : array_like
-        ``(N_pos,)`` scores of positive trials (bona fide / target).
-    negative : array_like
-        ``(N_neg,)`` scores of negative trials (spoof / non-target).
-
-    Returns
-    -------
-    miss, false_alarm, thresholds : np.ndarray
-        Equal-length arrays, thresholds ascending: at ``thresholds[k]`` the positives
-        scoring ``<= thresholds[k]`` are missed and the negatives scoring above it are
-        false alarms. The first point (threshold ``min − 0.001``) has miss 0, false alarm 1.
+    :func:`asv_error_rates` accepts the scores above this threshold (a :func:`det_curve`
+    threshold); ``min − 0.001`` when the EER point accepts every trial.
 
     Examples
     --------
-    >>> miss, fa, thr = det_curve([2.0, 3.0], [1.0])
-    >>> miss.tolist(), fa.tolist(), thr.tolist()
-    ([0.0, 0.0, 0.5, 1.0], [1.0, 0.0, 0.0, 0.0], [0.999, 1.0, 2.0, 3.0])
+    >>> asv_eer_threshold([1.0, 4.0, 5.0, 6.0], [0.0, 2.0, 3.0, 7.0])
+    3.0
     """
-    pos = _scores(positive, "positive scores")
-    neg = _scores(negative, "negative scores")
-    scores = np.concatenate([pos, neg])
-    is_pos = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
-    order = np.argsort(scores, kind="mergesort")
-    scores, is_pos = scores[order], is_pos[order]
-    pos_rejected = np.cumsum(is_pos)
-    neg_rejected = np.arange(1, scores.size + 1) - pos_rejected
-    # Keep the last trial of every run of tied scores: a threshold cannot split a tie.
-    last = np.append(scores[1:] != scores[:-1], True)
-    miss = np.concatenate([[0.0], pos_rejected[last] / pos.size])
-    false_alarm = np.concatenate([[1.0], (neg.size - neg_rejected[last]) / neg.size])
-    thresholds = np.concatenate([[scores[0] - 0.001], scores[last]])
-    return miss, false_alarm, thresholds
-
-
-def eer(bonafide_scores: ArrayLike, spoof_scores: ArrayLike) -> tuple[float, float]:
-    """Equal error rate and its threshold (ASVspoof definition).
-
-    The operating point where ``|miss − false alarm|`` is smallest; the EER is the mean
-    of the two rates there.
-
-    Parameters
-    ----------
-    bonafide_scores : array_like
-        ``(N_bona,)`` scores of bona fide trials (higher = more bona fide).
-    spoof_scores : array_like
-        ``(N_spoof,)`` scores of spoofed trials.
-
-    Returns
-    -------
-    tuple[float, float]
-        ``(eer, threshold)``, the EER as a fraction; bona fide trials scoring above the
-        threshold are accepted.
-
-    Examples
-    --------
-    >>> eer([0.9, 0.8], [0.1, 0.2])
-    (0.0, 0.2)
-    """
-    miss, false_alarm, thresholds = det_curve(bonafide_scores, spoof_scores)
-    k = int(np.argmin(np.abs(miss - false_alarm)))
-    return float((miss[k] + false_alarm[k]) / 2.0), float(thresholds[k])
+    _, _, thresholds = det_curve(target, nontarget)
+    # eer's threshold lies above the highest rejected score and at most the lowest accepted.
+    rejected = thresholds[thresholds < eer(target, nontarget).threshold]
+    return float(rejected[-1] if rejected.size else thresholds[0])
 
 
 class AsvErrorRates(NamedTuple):
@@ -205,7 +146,8 @@ def min_tdcf(
     c_miss_asv, c_fa_asv, c_miss_cm, c_fa_cm : float
         Costs (1, 10, 1, 10).
     asv_threshold : float, optional
-        ASV operating point; defaults to the ASV EER threshold, as in ASVspoof 2019.
+        ASV operating point (accepting scores above it); defaults to the ASV EER operating
+        point (:func:`asv_eer_threshold`), as in ASVspoof 2019.
 
     Returns
     -------
@@ -213,7 +155,7 @@ def min_tdcf(
         ``(min_tdcf, cm_threshold)``.
     """
     if asv_threshold is None:
-        asv_threshold = eer(asv_target, asv_nontarget)[1]
+        asv_threshold = asv_eer_threshold(asv_target, asv_nontarget)
     rates = asv_error_rates(asv_target, asv_nontarget, asv_spoof, asv_threshold)
     curve, thresholds = tdcf_curve(
         bonafide_cm,

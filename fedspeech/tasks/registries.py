@@ -14,19 +14,21 @@ from fedspeech.data.partition import PARTITIONS
 from fedspeech.data.spoof_loaders import SPOOF_DATASETS
 from fedspeech.frontends import FRONTENDS
 from fedspeech.models import MODELS
-from fedspeech.training.aligners import ALIGNERS
+from fedspeech.tasks.base import TASKS
+from fedspeech.training.domains import ROGA_DOMAINS
 from fedspeech.training.dual_path import OPTIMIZERS
+from fedspeech.training.sdd import LOCAL_TRAINERS
 
 _NAMES: dict[str, Callable[[], list[str]]] = {
-    "task": lambda: ["kws", "sdd"],
+    "task": TASKS.names,
     "dataset": lambda: [*DATASETS.names(), *SPOOF_DATASETS.names()],
     "partition": PARTITIONS.names,
     "frontend": FRONTENDS.names,
     "model": MODELS.names,
     "augmentation": AUGMENTATIONS.names,
-    "alignment": lambda: [*ALIGNERS.names(), "roga"],
+    "alignment": LOCAL_TRAINERS.names,
     "optimizer": OPTIMIZERS.names,
-    "roga-domains": lambda: ["attack", "speaker", "path"],
+    "roga-domains": ROGA_DOMAINS.names,
 }
 
 

@@ -1,5 +1,6 @@
 """Plain-PyTorch local training (no Flower imports), called by the Flower apps."""
 
+from fedspeech.training.domains import ROGA_DOMAINS
 from fedspeech.training.local import (
     LocalResult,
     apply_gradient,
@@ -13,6 +14,7 @@ from fedspeech.training.local import (
 )
 
 __all__ = [
+    "ROGA_DOMAINS",
     "LocalResult",
     "apply_gradient",
     "compute_gradient",
@@ -23,6 +25,6 @@ __all__ = [
     "local_batches",
     "train_local",
 ]
-# Dual-path alignment (fedspeech.training.dual_path, .aligners) and RoGA
-# (fedspeech.training.roga) import torchjd; they are imported where used, so keyword
-# spotting clients do not pay for it.
+# Dual-path alignment (fedspeech.training.dual_path, .aligners), RoGA
+# (fedspeech.training.roga) and the sdd local trainers (fedspeech.training.sdd, LOCAL_TRAINERS)
+# import torchjd; they are imported where used, so keyword spotting clients do not pay for it.

@@ -46,6 +46,10 @@ Conflict statistic: ``cosine`` is the smallest pairwise cosine between the domai
 gradients ``g_i`` at ``θ`` (NaN when fewer than two domains are present); a step conflicts when
 it is negative. ``conflict_rate`` is the fraction of steps with at least two domains that
 conflict.
+
+:func:`train_roga` is the one local-training loop: on ``augment(x)``, or (``dual_path=True``,
+the ``roga`` trainer of :mod:`fedspeech.training.sdd`) on the dual-path batch
+``[x; augment(x)]``, whose conflict statistic is then the clean-vs-augmented cosine.
 """
 
 from __future__ import annotations
@@ -153,8 +157,8 @@ class RoGA:
         self,
         model: nn.Module,
         base_optimizer: torch.optim.Optimizer,
-        rho: float = 0.1,
-        alpha: float = 2e-4,
+        rho: float,
+        alpha: float,
         *,
         loss_fn: LossFn = F.cross_entropy,
         mode: Mode = "fd",
@@ -294,20 +298,52 @@ def _add_flat(params: Sequence[nn.Parameter], origin: Sequence[Tensor], step: Te
             offset += n
 
 
+def path_cosine(
+    model: nn.Module, x: Tensor, x_aug: Tensor, y: Tensor, loss_fn: LossFn = F.cross_entropy
+) -> float:
+    """``cos(g_clean, g_aug)`` at the current weights, without changing the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        In the mode the training uses; batch-norm running statistics are left as they are.
+    x, x_aug : Tensor
+        ``(B, ...)`` clean inputs and their augmented copies.
+    y : Tensor
+        ``(B,)`` int64 labels of both.
+    loss_fn : Callable[[Tensor, Tensor], Tensor]
+        ``(logits, y) → scalar``, mean over the batch.
+
+    Returns
+    -------
+    float
+        The cosine of the gradients of the two paths' mean losses, each path in its own
+        forward pass (as :func:`~fedspeech.training.dual_path.dual_path_step` takes them,
+        the definition of Truong et al., arXiv:2509.20682).
+    """
+    params = trainable_parameters(model)
+    with frozen_running_stats(model):
+        g_clean = flat_grad(loss_fn(model(x), y), params)
+        g_aug = flat_grad(loss_fn(model(x_aug), y), params)
+    jac = torch.stack([g_clean, g_aug])
+    return float(pairwise_cosines(jac @ jac.T)[0, 1])
+
+
 def train_roga(
     model: nn.Module,
     waveforms: np.ndarray,
     labels: np.ndarray,
-    domains: np.ndarray,
+    domains: np.ndarray | None,
     batches: list[np.ndarray],
     *,
     augment: Callable[[Tensor], Tensor] | None = None,
+    dual_path: bool = False,
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     optimizer: str = "adam",
-    rho: float = 0.1,
-    alpha: float = 2e-4,
+    rho: float,
+    alpha: float,
     mode: Mode = "fd",
     loss_fn: LossFn = F.cross_entropy,
 ) -> RoGAResult:
@@ -321,12 +357,18 @@ def train_roga(
         ``(N, T)`` float32 inputs (or any ``(N, ...)`` features the model takes).
     labels : np.ndarray
         ``(N,)`` int64.
-    domains : np.ndarray
-        ``(N,)`` integer domain of each clip (attack type, speaker, ...).
+    domains : np.ndarray or None
+        ``(N,)`` integer domain of each clip (attack type, speaker, ...). ``None`` only with
+        ``dual_path``: the clean and augmented halves are then the two domains.
     batches : list[np.ndarray]
         Corpus positions per step, from :func:`~fedspeech.training.local.local_batches`.
     augment : Callable[[Tensor], Tensor], optional
-        Applied to each whole batch (without autograd) before the step.
+        Applied to each whole batch (without autograd) before the step; required with
+        ``dual_path``.
+    dual_path : bool
+        Train on ``[x; augment(x)]`` with labels ``[y; y]`` and domains ``[d; d]`` (each
+        augmented copy in its clip's domain), as dual-path training sees a batch (Truong et
+        al., arXiv:2509.20682), instead of on ``augment(x)`` alone.
     lr, momentum, weight_decay : float
         Base-optimizer settings (``momentum`` applies to SGD only).
     optimizer : str
@@ -335,44 +377,86 @@ def train_roga(
         RoGA's ascent radius and alignment weight.
     mode : {"fd", "shift", "exact"}
         Alignment-gradient estimator.
+    loss_fn : Callable[[Tensor, Tensor], Tensor]
+        ``(logits, y) → scalar``, mean over the (sub-)batch.
 
     Returns
     -------
     RoGAResult
-        ``loss`` is the example-weighted batch loss at the pre-step weights; ``conflict_rate``
-        the fraction of steps (with at least two domains) whose domain gradients conflict.
+        ``loss`` is the example-weighted batch loss at the pre-step weights (``num_examples``
+        counts clean clips). The conflict statistic of a step (``cosines``, ``mean_cosine``,
+        ``conflict_rate``: the fraction of its steps below 0): without ``dual_path``, the
+        smallest cosine between the domains' gradients, over the steps with at least two
+        domains; with ``dual_path``, ``cos(g_clean, g_aug)`` (:func:`path_cosine`, before the
+        step; RoGA's own when the paths are the domains) over every step, NaN counting as no
+        conflict.
+
+    Raises
+    ------
+    ValueError
+        ``domains`` does not match ``labels``, or is missing without ``dual_path``, or
+        ``dual_path`` has no ``augment``.
     """
+    if domains is not None and domains.shape != labels.shape:
+        raise ValueError(f"domains {domains.shape} must match labels {labels.shape}")
+    if domains is None and not dual_path:
+        raise ValueError("train_roga needs domains unless dual_path (the paths are the domains)")
+    if dual_path and augment is None:
+        raise ValueError("dual_path training needs an augment function")
     params = trainable_parameters(model)
     opt = build_optimizer(optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     roga = RoGA(model, opt, rho=rho, alpha=alpha, loss_fn=loss_fn, mode=mode)
     model.train()
     total = total_pert = 0.0
-    seen = multi = conflicts = 0
+    seen = counted = conflicts = 0
     cosines: list[float] = []
     for batch in batches:
         x = torch.from_numpy(np.ascontiguousarray(waveforms[batch]))
         y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
-        dom = torch.from_numpy(np.ascontiguousarray(domains[batch]))
+        x_aug = x
         if augment is not None:
             with torch.no_grad():
-                x = augment(x)
-        stats = roga.step(x, y, dom)
+                x_aug = augment(x)
+        if not dual_path and domains is not None:
+            d = torch.from_numpy(np.ascontiguousarray(domains[batch]))
+            stats = roga.step(x_aug, y, d)
+            cosine, counts = stats.cosine, stats.num_domains > 1
+        else:
+            xx, yy = torch.cat([x, x_aug]), torch.cat([y, y])
+            if domains is None:
+                # The paths are the domains: RoGA's own passes at θ give the two gradients.
+                stats = roga.step(xx, yy, torch.cat([torch.zeros_like(y), torch.ones_like(y)]))
+                cosine = stats.cosine
+            else:
+                # Measured before the step, at the weights the step starts from.
+                cosine = path_cosine(model, x, x_aug, y, loss_fn)
+                d = torch.from_numpy(np.ascontiguousarray(domains[batch])).long()
+                stats = roga.step(xx, yy, torch.cat([d, d]))
+            counts = True
         total += stats.loss * len(batch)
         total_pert += stats.loss_perturbed * len(batch)
         seen += len(batch)
-        if stats.num_domains > 1:
-            multi += 1
-            conflicts += stats.conflict
-            cosines.append(stats.cosine)
+        if counts:
+            counted += 1
+            conflicts += cosine < 0
+            cosines.append(cosine)
     return RoGAResult(
         num_examples=seen,
         loss=total / max(seen, 1),
         steps=len(batches),
         loss_perturbed=total_pert / seen if seen else math.nan,
-        conflict_rate=conflicts / multi if multi else 0.0,
+        conflict_rate=conflicts / counted if counted else 0.0,
         mean_cosine=float(np.mean(cosines)) if cosines else math.nan,
         cosines=cosines,
     )
 
 
-__all__ = ["Mode", "RoGA", "RoGAResult", "RoGAStats", "frozen_running_stats", "train_roga"]
+__all__ = [
+    "Mode",
+    "RoGA",
+    "RoGAResult",
+    "RoGAStats",
+    "frozen_running_stats",
+    "path_cosine",
+    "train_roga",
+]

@@ -1,15 +1,18 @@
 """Local training and scoring of a speech-deepfake-detection client, in plain PyTorch.
 
-One entry point, :func:`train_sdd`, runs a client's local steps with the alignment method
-named by ``--alignment``:
+One entry point, :func:`train_sdd`, runs a client's local steps with the local trainer that
+``--alignment`` names in :data:`LOCAL_TRAINERS`:
 
-* ``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad``: dual-path data-augmented training
+* ``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad`` (one per aligner of
+  :data:`~fedspeech.training.aligners.ALIGNERS`): dual-path data-augmented training
   (DPDA; Truong et al., "Addressing Gradient Misalignment in Data-Augmented Training for
   Robust Speech Deepfake Detection", arXiv:2509.20682): each batch is seen clean and
   augmented, and the two gradients are combined by a torchjd aggregator
-  (:mod:`fedspeech.training.dual_path`);
-* ``roga``: RoGA (Qiu et al., ICME 2025, arXiv:2505.20653; :mod:`fedspeech.training.roga`)
-  on the batch ``[x; augment(x)]`` of ``2B`` clips, with the domains ``--roga-domains`` names:
+  (:func:`fedspeech.training.dual_path.train_dual_path`);
+* ``roga``: RoGA (Qiu et al., ICME 2025, arXiv:2505.20653;
+  :func:`fedspeech.training.roga.train_roga` with ``dual_path=True``) on the batch
+  ``[x; augment(x)]`` of ``2B`` clips, with the domains ``--roga-domains`` names
+  (:data:`~fedspeech.training.domains.ROGA_DOMAINS`):
 
   - ``attack`` (default): each clip's attack id (spoofing method), bona fide clips forming
     their own domain; the augmented copy of a clip stays in its clip's domain
@@ -32,7 +35,7 @@ normalised on its own few examples, and at the same weights that cosine was foun
 from this one, at times in sign.)
 
 :func:`score_clips` and :func:`sdd_scores` give the server's side: bona fide scores of the
-global model and the EER on seen and unseen attacks (:func:`fedspeech.metrics.sdd.eer`).
+global model and the EER on seen and unseen attacks (:func:`fedspeech.metrics.eer`).
 """
 
 from __future__ import annotations
@@ -40,25 +43,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from fedspeech.augment import Augmentation, build_augmentation
-from fedspeech.config import ROGA, check_roga_domains
-from fedspeech.metrics.sdd import eer
-from fedspeech.prepare import open_domains
-from fedspeech.training.dual_path import (
-    build_optimizer,
-    flat_grad,
-    pairwise_cosines,
-    train_dual_path,
-    trainable_parameters,
-)
+from fedspeech.metrics import eer
+from fedspeech.registry import Registry
+from fedspeech.training.aligners import ALIGNERS
+from fedspeech.training.dual_path import train_dual_path
 from fedspeech.training.local import predict
-from fedspeech.training.roga import RoGA, frozen_running_stats
+from fedspeech.training.roga import path_cosine, train_roga
 
 
 @dataclass
@@ -95,58 +92,121 @@ def augment_fn(aug: Augmentation, rng: np.random.Generator) -> Callable[[Tensor]
     return run
 
 
-def path_cosine(model: nn.Module, x: Tensor, x_aug: Tensor, y: Tensor) -> float:
-    """``cos(g_clean, g_aug)`` at the current weights, without changing the model.
+@dataclass(frozen=True)
+class LocalSettings:
+    """What a local trainer is told besides the data (one run's ``--lr``, ``--optimizer``, ...).
 
-    Parameters
+    Attributes
     ----------
-    model : nn.Module
-        In the mode the training uses; batch-norm running statistics are left as they are.
-    x, x_aug : Tensor
-        ``(B, T)`` clean clips and their augmented copies.
-    y : Tensor
-        ``(B,)`` int64 labels of both.
-
-    Returns
-    -------
-    float
-        The cosine of the gradients of the two paths' mean cross-entropies, each path in its
-        own forward pass (as :func:`~fedspeech.training.dual_path.dual_path_step` takes them).
+    lr : float
+        Learning rate of the local optimizer (a fresh one each call).
+    optimizer : str
+        ``adam`` (as in Truong et al.) or ``sgd``.
+    roga_rho, roga_alpha : float, optional
+        RoGA's ascent radius and alignment weight (``roga`` only).
+    roga_domains : np.ndarray, optional
+        ``(N,)`` integer RoGA domain of each clip; ``None``: the clean and augmented paths
+        are the two domains (``roga`` only).
     """
-    params = trainable_parameters(model)
-    with frozen_running_stats(model):
-        g_clean = flat_grad(F.cross_entropy(model(x), y), params)
-        g_aug = flat_grad(F.cross_entropy(model(x_aug), y), params)
-    jac = torch.stack([g_clean, g_aug])
-    return float(pairwise_cosines(jac @ jac.T)[0, 1])
+
+    lr: float
+    optimizer: str
+    roga_rho: float | None = None
+    roga_alpha: float | None = None
+    roga_domains: np.ndarray | None = None
 
 
-def select_roga_domains(kind: str, features_path: str) -> np.ndarray | None:
-    """The ``roga_domains`` argument of :func:`train_sdd` for ``--roga-domains kind``.
+class LocalTrainer(Protocol):
+    """A registered local trainer: runs ``batches`` in place on ``model``."""
 
-    Parameters
-    ----------
-    kind : str
-        ``attack``, ``speaker`` or ``path``.
-    features_path : str
-        The run's ``data/features.npy``; the domain ids are read from beside it.
+    def __call__(
+        self,
+        model: nn.Module,
+        waveforms: np.ndarray,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        augment: Callable[[Tensor], Tensor],
+        settings: LocalSettings,
+    ) -> SddResult: ...
 
-    Returns
-    -------
-    np.ndarray or None
-        ``(N,)`` int64 domain id of every clip of the run, or ``None`` for ``path``.
 
-    Raises
-    ------
-    ConfigError
-        Unknown ``kind``.
-    DataError
-        The run was prepared without that kind's ids.
-    """
-    check_roga_domains(kind)
-    if kind == "path":
-        return None
-    return open_domains(features_path, kind)
+LOCAL_TRAINERS: Registry[LocalTrainer] = Registry("alignment")
+# The name of RoGA's entry (``--alignment roga``), the one trainer that reads domains.
+ROGA = "roga"
+
+
+def _dual_path_trainer(alignment: str) -> LocalTrainer:
+    """DPDA (Truong et al., 2025) with the aligner registered as ``alignment``."""
+
+    def train(
+        model: nn.Module,
+        waveforms: np.ndarray,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        augment: Callable[[Tensor], Tensor],
+        settings: LocalSettings,
+    ) -> SddResult:
+        res = train_dual_path(
+            model,
+            waveforms,
+            labels,
+            batches,
+            augment=augment,
+            alignment=alignment,
+            lr=settings.lr,
+            optimizer=settings.optimizer,
+        )
+        return SddResult(
+            num_examples=res.num_examples,
+            loss=res.loss,
+            steps=res.steps,
+            conflict_rate=res.conflict_rate,
+            mean_cosine=res.mean_cosine,
+        )
+
+    train.__doc__ = f"Dual-path training aligned by {alignment!r} (Truong et al., 2025)."
+    return train
+
+
+for _name in ALIGNERS.names():
+    LOCAL_TRAINERS.register(_name)(_dual_path_trainer(_name))
+
+
+@LOCAL_TRAINERS.register(ROGA)
+def _roga(
+    model: nn.Module,
+    waveforms: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    augment: Callable[[Tensor], Tensor],
+    settings: LocalSettings,
+) -> SddResult:
+    """RoGA (Qiu et al., 2025) on the dual-path batch ``[x; augment(x)]``."""
+    domains = settings.roga_domains
+    if settings.roga_rho is None or settings.roga_alpha is None:
+        raise ValueError("RoGA needs roga_rho and roga_alpha")
+    if domains is not None and domains.shape != labels.shape:
+        raise ValueError(f"roga_domains {domains.shape} must match labels {labels.shape}")
+    res = train_roga(
+        model,
+        waveforms,
+        labels,
+        domains,
+        batches,
+        augment=augment,
+        dual_path=True,
+        lr=settings.lr,
+        optimizer=settings.optimizer,
+        rho=settings.roga_rho,
+        alpha=settings.roga_alpha,
+    )
+    return SddResult(
+        num_examples=res.num_examples,
+        loss=res.loss,
+        steps=res.steps,
+        conflict_rate=res.conflict_rate,
+        mean_cosine=res.mean_cosine,
+    )
 
 
 def train_sdd(
@@ -160,8 +220,8 @@ def train_sdd(
     lr: float,
     optimizer: str = "adam",
     seed: int | Sequence[int] = 0,
-    roga_rho: float = 0.1,
-    roga_alpha: float = 2e-4,
+    roga_rho: float | None = None,
+    roga_alpha: float | None = None,
     roga_domains: np.ndarray | None = None,
 ) -> SddResult:
     """Run one client's local training over ``batches``, in place on ``model``.
@@ -179,18 +239,19 @@ def train_sdd(
     augment : str or Augmentation
         The second path's augmentation, e.g. ``"rawboost:4"`` (waveform domain).
     alignment : str
-        ``none``, ``pcgrad``, ``gradvac``, ``cagrad``, ``upgrad`` or ``roga``.
+        A name in :data:`LOCAL_TRAINERS`: ``none``, ``pcgrad``, ``gradvac``, ``cagrad``,
+        ``upgrad`` or ``roga``.
     lr : float
         Learning rate of the local optimizer (a fresh one each call).
     optimizer : str
         ``adam`` (as in Truong et al.) or ``sgd``.
     seed : int or sequence of int
         Seeds the augmentation's randomness (e.g. ``(seed, round, client)``).
-    roga_rho, roga_alpha : float
+    roga_rho, roga_alpha : float, optional
         RoGA's ascent radius and alignment weight (``alignment="roga"`` only).
     roga_domains : np.ndarray, optional
         ``(N,)`` integer RoGA domain of each clip (attack or speaker id, e.g. from
-        :func:`fedspeech.prepare.open_domains`); the batch ``[x; augment(x)]`` gets
+        :func:`fedspeech.tasks.prepare.open_domains`); the batch ``[x; augment(x)]`` gets
         ``[d; d]``. ``None``: the clean and augmented paths are the two domains
         (``--roga-domains path``). ``alignment="roga"`` only.
 
@@ -198,59 +259,25 @@ def train_sdd(
     -------
     SddResult
         Loss, number of examples and steps, and the conflict statistics.
+
+    Raises
+    ------
+    ConfigError
+        Unknown alignment (the error lists the known ones) or augmentation.
+    ValueError
+        ``roga_domains`` does not match ``labels``.
     """
+    trainer = LOCAL_TRAINERS.get(alignment)
     aug = build_augmentation(augment) if isinstance(augment, str) else augment
-    run_aug = augment_fn(aug, np.random.default_rng(seed))
-    if alignment != ROGA:
-        res = train_dual_path(
-            model,
-            waveforms,
-            labels,
-            batches,
-            augment=run_aug,
-            alignment=alignment,
-            lr=lr,
-            optimizer=optimizer,
-        )
-        return SddResult(
-            num_examples=res.num_examples,
-            loss=res.loss,
-            steps=res.steps,
-            conflict_rate=res.conflict_rate,
-            mean_cosine=res.mean_cosine,
-        )
-    if roga_domains is not None and roga_domains.shape != labels.shape:
-        raise ValueError(f"roga_domains {roga_domains.shape} must match labels {labels.shape}")
-    opt = build_optimizer(optimizer, trainable_parameters(model), lr=lr)
-    roga = RoGA(model, opt, rho=roga_rho, alpha=roga_alpha, loss_fn=F.cross_entropy)
-    model.train()
-    total, seen, conflicts = 0.0, 0, 0
-    cosines: list[float] = []
-    for batch in batches:
-        x = torch.from_numpy(np.ascontiguousarray(waveforms[batch]))
-        y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
-        with torch.no_grad():
-            x_aug = run_aug(x)
-        xx, yy = torch.cat([x, x_aug]), torch.cat([y, y])
-        if roga_domains is None:
-            # The paths are the domains: RoGA's own passes at θ give the two gradients.
-            stats = roga.step(xx, yy, torch.cat([torch.zeros_like(y), torch.ones_like(y)]))
-            cosine = stats.cosine
-        else:
-            # Measured before the step, at the weights the step starts from.
-            cosine = path_cosine(model, x, x_aug, y)
-            d = torch.from_numpy(np.ascontiguousarray(roga_domains[batch])).long()
-            stats = roga.step(xx, yy, torch.cat([d, d]))
-        total += stats.loss * len(batch)
-        seen += len(batch)
-        conflicts += cosine < 0
-        cosines.append(cosine)
-    return SddResult(
-        num_examples=seen,
-        loss=total / max(seen, 1),
-        steps=len(batches),
-        conflict_rate=conflicts / len(batches) if batches else 0.0,
-        mean_cosine=float(np.mean(cosines)) if cosines else math.nan,
+    settings = LocalSettings(
+        lr=lr,
+        optimizer=optimizer,
+        roga_rho=roga_rho,
+        roga_alpha=roga_alpha,
+        roga_domains=roga_domains,
+    )
+    return trainer(
+        model, waveforms, labels, batches, augment_fn(aug, np.random.default_rng(seed)), settings
     )
 
 
@@ -292,17 +319,20 @@ def sdd_scores(
     for name, idx in subsets.items():
         s, lab = scores[idx], labels[idx]
         bona, spoof = s[lab == 1], s[lab == 0]
-        out[name] = eer(bona, spoof)[0] if len(bona) and len(spoof) else math.nan
+        out[name] = eer(bona, spoof).eer if len(bona) and len(spoof) else math.nan
     return out
 
 
 __all__ = [
+    "LOCAL_TRAINERS",
+    "ROGA",
+    "LocalSettings",
+    "LocalTrainer",
     "SddResult",
     "augment_fn",
     "bona_fide_scores",
     "path_cosine",
     "score_clips",
     "sdd_scores",
-    "select_roga_domains",
     "train_sdd",
 ]

@@ -1,4 +1,4 @@
-"""Prepare a speech-deepfake-detection run (``--task sdd``): clips, partition, scoring sets.
+"""Speech-deepfake detection (``--task sdd``): clips, partition, scoring sets, local training.
 
 The run's ``data/features.npy`` holds the raw waveforms themselves, ``(N, clip_samples)``
 float32, of the training clips and of the scored test clips only (the rest of the corpus is
@@ -24,21 +24,36 @@ Scoring: every bona fide test clip with the spoofs of attacks seen in training (
 with those of held-out attacks (``eer_unseen``). ``--test-clips N`` scores a fixed random
 subset of ``N`` test clips, the same whatever ``--seed``, so runs with different seeds are
 scored on the same clips.
+
+Clients train with the local trainer ``--alignment`` names
+(:data:`fedspeech.training.sdd.LOCAL_TRAINERS`: dual-path training with an aligner, or RoGA);
+the server scores the global model's EER on seen and unseen attacks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from fedspeech.augment import build_augmentation
+from fedspeech.capture import WAVEFORM
 from fedspeech.config import SimConfig
 from fedspeech.data.corpus import SAMPLE_RATE
-from fedspeech.data.spoof import BUILTIN_SAMPLES, SpoofCorpus
+from fedspeech.data.partition import PARTITIONS, partition
+from fedspeech.data.spoof import BUILTIN_SAMPLES, SpoofCorpus, build_spoof_corpus
 from fedspeech.data.spoof_loaders import SPOOF_DATASETS, load_spoof_dataset
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.models import MODELS, build_model
-from fedspeech.prepare import RunData, default_run_dir
+from fedspeech.tasks.base import TASKS, ClientResult, Task
+from fedspeech.tasks.prepare import RunData, default_run_dir, open_domains
+from fedspeech.training.domains import ROGA_DOMAINS
+from fedspeech.training.dual_path import OPTIMIZERS
+from fedspeech.training.sdd import LOCAL_TRAINERS, ROGA, bona_fide_scores, sdd_scores, train_sdd
 
 CLASSES = ["spoof", "bonafide"]
 # The scored subset of the test split does not depend on --seed (see the module docstring).
@@ -78,8 +93,6 @@ def load_sdd_corpus(cfg: SimConfig) -> SpoofCorpus:
     root: Path | None = Path(cfg.data_root) if cfg.data_root else None
     if cfg.dataset == "builtin":
         if root is None:
-            from fedspeech.data.spoof import build_spoof_corpus
-
             bona = Path(cfg.bonafide_root) if cfg.bonafide_root else None
             root = build_spoof_corpus(bona, progress=cfg.progress)
         # Built-in clips are 1 s with the word near the middle: keep the centre.
@@ -104,6 +117,53 @@ def domain_ids(names: list[str]) -> np.ndarray:
     """
     _, ids = np.unique(np.asarray(names, dtype=str), return_inverse=True)
     return ids.astype(np.int64).reshape(-1)
+
+
+def clip_domains(corpus: SpoofCorpus, rows: list[int]) -> dict[str, np.ndarray]:
+    """Domain ids of the clips ``rows`` for every per-clip kind of RoGA domain.
+
+    Returns
+    -------
+    dict[str, np.ndarray]
+        ``attack`` and ``speaker`` (the kinds of :data:`~fedspeech.training.domains.ROGA_DOMAINS`
+        that are a property of the clips) → ``(len(rows),)`` int64 ids (:func:`domain_ids`).
+    """
+    out: dict[str, np.ndarray] = {}
+    for kind in ROGA_DOMAINS:
+        attribute = ROGA_DOMAINS.get(kind).attribute
+        if attribute is not None:
+            values = getattr(corpus, attribute)
+            out[kind] = domain_ids([values[i] for i in rows])
+    return out
+
+
+def select_roga_domains(kind: str, features_path: str) -> np.ndarray | None:
+    """The ``roga_domains`` argument of :func:`~fedspeech.training.sdd.train_sdd`.
+
+    Parameters
+    ----------
+    kind : str
+        A name in :data:`~fedspeech.training.domains.ROGA_DOMAINS`: ``attack``, ``speaker``
+        or ``path``.
+    features_path : str
+        The run's ``data/features.npy``; the domain ids are read from beside it.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(N,)`` int64 domain id of every clip of the run, or ``None`` for ``path`` (the
+        clean and augmented halves of a batch are the domains).
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``kind``.
+    DataError
+        The run was prepared without that kind's ids.
+    """
+    if ROGA_DOMAINS.get(kind).attribute is None:
+        return None
+    return open_domains(features_path, kind)
 
 
 def eval_subsets(
@@ -154,8 +214,6 @@ def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
     ConfigError, DataError
         Unknown names, clips too short for the model, missing data, impossible partitions.
     """
-    from fedspeech.data.partition import PARTITIONS, partition
-
     # Unknown names and too-short clips fail here, before any data is read or Ray starts.
     MODELS.get(cfg.model)
     SPOOF_DATASETS.get(cfg.dataset)
@@ -203,10 +261,132 @@ def prepare_sdd_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         partitions=parts,
         corpus_meta={k: v for k, v in meta.items() if k != "classes"},
         eval_sets=subsets,
-        domains={
-            "attack": domain_ids(meta["attacks"]),
-            "speaker": domain_ids(meta["speakers"]),
-        },
+        domains=clip_domains(corpus, rows),
     )
     run.write(corpus.waveforms[keep].astype(np.float32), corpus.labels[keep], index, cfg.partition)
     return run
+
+
+class SpeechDeepfakeDetection(Task):
+    """``--task sdd``: AASIST-style detectors trained on raw waveforms, scored by EER."""
+
+    def validate(self, cfg: SimConfig) -> None:
+        """Values only speech-deepfake detection reads (names behind their registries)."""
+
+        if cfg.share != "update":
+            raise ConfigError("--task sdd trains locally and shares updates; use --share update")
+        if cfg.strategy == "fedprox":
+            raise ConfigError(
+                "--strategy fedprox is not available with --task sdd (the dual-path "
+                "step has no proximal term); use fedavg or fedadam"
+            )
+        aug = build_augmentation(cfg.augment)
+        if aug.domain != "wave":
+            raise ConfigError(
+                f"--augment {cfg.augment!r} works on spectral features; --task sdd "
+                "models take raw waveforms (use rawboost:N)"
+            )
+        LOCAL_TRAINERS.get(cfg.alignment)
+        OPTIMIZERS.get(cfg.optimizer)
+        ROGA_DOMAINS.get(cfg.roga_domains)
+
+    def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:
+        """:func:`prepare_sdd_run`."""
+        return prepare_sdd_run(cfg, run_dir)
+
+    def model_kwargs(self, cfg: SimConfig, data: RunData) -> dict[str, Any]:
+        """Two classes and the clip length (``dropout=False`` only when it is off)."""
+        kwargs: dict[str, Any] = {
+            "num_classes": len(data.classes),
+            "num_samples": int(data.input_shape[-1]),
+        }
+        if not cfg.dropout:  # only when off, so captures of default runs stay as they were
+            kwargs["dropout"] = False
+        return kwargs
+
+    def capture_frontend(self, cfg: SimConfig) -> str:
+        """The models take the waveform itself: no front-end outside the model."""
+        return WAVEFORM
+
+    def client_config(self, cfg: SimConfig) -> dict[str, Any]:
+        """The augmentation, the local trainer and its settings."""
+        return {
+            "augment": cfg.augment,
+            "alignment": cfg.alignment,
+            "optimizer": cfg.optimizer,
+            "roga-rho": cfg.roga_rho,
+            "roga-alpha": cfg.roga_alpha,
+            "roga-domains": cfg.roga_domains,
+        }
+
+    def training_meta(self, cfg: SimConfig) -> dict[str, Any]:
+        """The task and the local trainer's settings."""
+        return {
+            "task": "sdd",
+            "augment": cfg.augment,
+            "alignment": cfg.alignment,
+            "optimizer": cfg.optimizer,
+            "roga_rho": cfg.roga_rho,
+            "roga_alpha": cfg.roga_alpha,
+            "roga_domains": cfg.roga_domains,
+        }
+
+    def train(
+        self,
+        model: nn.Module,
+        features: np.ndarray,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        settings: Mapping[str, Any],
+        client_id: int,
+    ) -> ClientResult:
+        """:func:`~fedspeech.training.sdd.train_sdd`; shares the updated weights."""
+
+        kind = str(settings["roga-domains"])
+        alignment = str(settings["alignment"])
+        domains = None
+        if alignment == ROGA:  # the other trainers take no domains: no file to read
+            domains = select_roga_domains(kind, str(settings["features-path"]))
+        res = train_sdd(
+            model,
+            features,
+            labels,
+            batches,
+            augment=str(settings["augment"]),
+            alignment=alignment,
+            lr=float(settings["lr"]),
+            optimizer=str(settings["optimizer"]),
+            seed=(int(settings["seed"]), int(settings["server-round"]), client_id),
+            roga_rho=float(settings["roga-rho"]),
+            roga_alpha=float(settings["roga-alpha"]),
+            roga_domains=domains,
+        )
+        return ClientResult(
+            model.state_dict(),
+            num_examples=res.num_examples,
+            loss=res.loss,
+            metrics={"conflict-rate": res.conflict_rate},
+        )
+
+    def evaluate(self, logits: torch.Tensor, labels: np.ndarray, data: RunData) -> dict[str, float]:
+        """EER on seen (``eer``) and held-out attacks (``eer_unseen``) of the test clips."""
+
+        return sdd_scores(bona_fide_scores(logits), labels, data.eval_sets)
+
+
+SDD = TASKS.register("sdd")(SpeechDeepfakeDetection())
+
+__all__ = [
+    "CLASSES",
+    "EVAL_SUBSET_SEED",
+    "SDD",
+    "SpeechDeepfakeDetection",
+    "center_crop",
+    "clip_domains",
+    "domain_ids",
+    "eval_subsets",
+    "load_sdd_corpus",
+    "prepare_sdd_run",
+    "sdd_model_kwargs",
+    "select_roga_domains",
+]

@@ -1,9 +1,10 @@
-"""Turn a :class:`SimConfig` into the files a federated run reads.
+"""What every task's prepared run shares: the ``<run>/data/`` files and their readers.
 
-Everything the clients need is written once into ``<run>/data/`` (features as ``.npy``,
-read memory-mapped with ``allow_pickle=False``; indexes as JSON), so each Ray worker maps
-the same bytes instead of receiving a copy of the dataset, and memory stays flat in the
-number of clients.
+A task (:mod:`fedspeech.tasks.kws`, :mod:`fedspeech.tasks.sdd`) turns a :class:`SimConfig`
+into a :class:`RunData`: everything the clients need is written once into ``<run>/data/``
+(features as ``.npy``, read memory-mapped with ``allow_pickle=False``; indexes as JSON), so
+each Ray worker maps the same bytes instead of receiving a copy of the dataset, and memory
+stays flat in the number of clients. The ``open_*`` readers map them once per process.
 """
 
 from __future__ import annotations
@@ -18,13 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedspeech.config import SimConfig
-from fedspeech.data.corpus import KeywordCorpus
-from fedspeech.data.loaders import DATASETS
-from fedspeech.errors import ConfigError, DataError
+from fedspeech.errors import DataError
 from fedspeech.fileio import atomic_save_npy, atomic_write_text
-from fedspeech.frontends import build_frontend
-from fedspeech.models import MODELS
 
 
 @dataclass
@@ -114,28 +110,6 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def resolve_corpus(cfg: SimConfig) -> KeywordCorpus:
-    """Load the configured dataset, building the built-in corpus if needed."""
-    from fedspeech.data.loaders import load_dataset
-
-    root: Path | None = Path(cfg.data_root) if cfg.data_root else None
-    if cfg.dataset == "synth" and root is None:
-        from fedspeech.data.synth import synthesize_corpus
-
-        root = synthesize_corpus(
-            n_speakers=cfg.synth_speakers,
-            takes=cfg.synth_takes,
-            seed=cfg.seed,
-            progress=cfg.progress,
-        )
-    elif root is None:
-        raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root")
-    words: Any = cfg.words
-    if isinstance(words, str) and words != "all":
-        words = [w.strip() for w in words.split(",") if w.strip()]
-    return load_dataset(cfg.dataset, root, words=words, progress=cfg.progress)
-
-
 def peak_normalize(waveforms: np.ndarray, peak: float = 0.9) -> np.ndarray:
     """Scale each clip ``(N, samples)`` to the same peak amplitude.
 
@@ -157,60 +131,6 @@ def compute_features(
         x = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size]))
         out.append(frontend(x).float().numpy())
     return np.concatenate(out, axis=0)
-
-
-def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
-    """Load data, compute features, partition clients, and write ``run_dir/data``.
-
-    Raises
-    ------
-    DataError, ConfigError
-        On a missing or empty dataset, an impossible partition, and similar bad input.
-    """
-    from fedspeech.data.partition import PARTITIONS, partition
-
-    if cfg.task == "sdd":
-        from fedspeech.prepare_sdd import prepare_sdd_run
-
-        return prepare_sdd_run(cfg, run_dir)
-    # Unknown names fail here, before any data is read or Ray starts.
-    MODELS.get(cfg.model)
-    frontend = build_frontend(cfg.frontend)
-    PARTITIONS.get(cfg.partition)
-    DATASETS.get(cfg.dataset)
-    run_dir = Path(run_dir or cfg.out or default_run_dir())
-    corpus = resolve_corpus(cfg)
-    train_idx = corpus.indices("train")
-    test_idx = corpus.indices("test")
-    if len(test_idx) == 0:
-        test_idx = corpus.indices("validation")
-    if len(train_idx) == 0:
-        raise DataError(f"dataset {cfg.dataset!r} has no training clips")
-    if len(test_idx) == 0:
-        raise DataError(f"dataset {cfg.dataset!r} has no test or validation clips")
-    parts = partition(
-        corpus, train_idx, cfg.clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
-    )
-    if cfg.normalize == "peak":
-        corpus.waveforms = peak_normalize(corpus.waveforms)
-    feats = compute_features(corpus.waveforms, frontend)
-
-    meta = {
-        "classes": list(corpus.classes),
-        "clip_ids": list(corpus.clip_ids),
-        "speakers": list(corpus.speakers),
-        "split": list(corpus.split),
-    }
-    run = RunData(
-        run_dir=run_dir,
-        classes=list(corpus.classes),
-        input_shape=(int(feats.shape[1]), int(feats.shape[2])),
-        test_indices=test_idx,
-        partitions=parts,
-        corpus_meta={k: v for k, v in meta.items() if k != "classes"},
-    )
-    run.write(feats, corpus.labels, meta, cfg.partition)
-    return run
 
 
 @lru_cache(maxsize=4)
@@ -241,3 +161,15 @@ def open_partition(partition_path: str) -> list[np.ndarray]:
     """Per-client corpus positions of a run, once per process."""
     data = json.loads(Path(partition_path).read_text(encoding="utf-8"))
     return [np.asarray(c, dtype=np.int64) for c in data["clients"]]
+
+
+__all__ = [
+    "RunData",
+    "compute_features",
+    "default_run_dir",
+    "domains_file",
+    "open_domains",
+    "open_features",
+    "open_partition",
+    "peak_normalize",
+]

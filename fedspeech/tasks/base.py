@@ -1,0 +1,120 @@
+"""The task plugin interface and its registry.
+
+A task (keyword spotting, speech-deepfake detection) owns everything that differs between
+tasks: the validation of its settings, how a run is prepared, the keys its clients are sent,
+how a client trains, and how the server evaluates the global model. The Flower apps
+(:mod:`fedspeech.federation`) only dispatch through ``TASKS.get(cfg.task)``; they never
+branch on the task's name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedspeech.config import SimConfig
+from fedspeech.registry import Registry
+from fedspeech.tasks.prepare import RunData
+
+
+@dataclass
+class ClientResult:
+    """What a client's local work gives back to the server.
+
+    Attributes
+    ----------
+    arrays : dict[str, torch.Tensor]
+        What the client shares: its updated weights (a state dict) or one gradient.
+    num_examples : int
+        Examples it trained on (FedAvg's weight).
+    loss : float
+        Its training loss.
+    metrics : dict[str, float]
+        Task-specific metrics sent with the reply (e.g. ``conflict-rate``).
+    """
+
+    arrays: dict[str, torch.Tensor]
+    num_examples: int
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """One federated task, registered in :data:`TASKS` under its ``--task`` name."""
+
+    @abstractmethod
+    def validate(self, cfg: SimConfig) -> None:
+        """Raise :class:`~fedspeech.errors.ConfigError` on values only this task reads."""
+
+    @abstractmethod
+    def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:
+        """Load the data, partition the clients and write ``run_dir/data`` (see RunData).
+
+        Raises
+        ------
+        ConfigError, DataError
+            Unknown names, missing data, impossible partitions, and similar bad input.
+        """
+
+    @abstractmethod
+    def model_kwargs(self, cfg: SimConfig, data: RunData) -> dict[str, Any]:
+        """Keyword arguments that rebuild the run's model (stored in every capture)."""
+
+    @abstractmethod
+    def capture_frontend(self, cfg: SimConfig) -> str:
+        """The front-end name stored in captures (what turns a waveform into model input)."""
+
+    def client_config(self, cfg: SimConfig) -> dict[str, Any]:
+        """Keys this task's clients are sent besides the shared ones (none by default)."""
+        return {}
+
+    def training_meta(self, cfg: SimConfig) -> dict[str, Any]:
+        """Local-training settings added to every capture's metadata (none by default)."""
+        return {}
+
+    @abstractmethod
+    def train(
+        self,
+        model: nn.Module,
+        features: np.ndarray,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        settings: Mapping[str, Any],
+        client_id: int,
+    ) -> ClientResult:
+        """One client's local work in a round.
+
+        Parameters
+        ----------
+        model : nn.Module
+            At the global weights; trained in place.
+        features, labels : np.ndarray
+            The run's ``(N, ...)`` inputs (memory-mapped) and ``(N,)`` labels.
+        batches : list[np.ndarray]
+            The round's mini-batches (corpus positions), from
+            :func:`~fedspeech.training.local.local_batches`.
+        settings : Mapping[str, Any]
+            The server's train config (hyphenated keys: ``lr``, ``share``, ``seed``,
+            ``server-round``, and the keys of :meth:`client_config`).
+        client_id : int
+            The client's partition id.
+        """
+
+    def evaluate(self, logits: torch.Tensor, labels: np.ndarray, data: RunData) -> dict[str, float]:
+        """Metrics of the global model beyond accuracy and loss, from its test ``logits``.
+
+        NaN marks a metric that is undefined this round. None by default.
+        """
+        return {}
+
+
+TASKS: Registry[Task] = Registry("task")
+
+__all__ = ["TASKS", "ClientResult", "Task"]

@@ -1,0 +1,153 @@
+"""Keyword spotting (``--task kws``): spectral features, a keyword CNN, FedAvg/FedProx/FedAdam.
+
+The run's ``data/features.npy`` holds the front-end features ``(N, n_features, n_frames)`` of
+every clip of the corpus; clients share either their updated weights after local SGD
+(``--share update``) or the gradient of one batch (``--share gradient``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedspeech.config import SimConfig
+from fedspeech.data.corpus import KeywordCorpus
+from fedspeech.data.loaders import DATASETS, load_dataset
+from fedspeech.data.partition import PARTITIONS, partition
+from fedspeech.data.synth import synthesize_corpus
+from fedspeech.errors import ConfigError, DataError
+from fedspeech.frontends import FRONTENDS, build_frontend
+from fedspeech.models import MODELS
+from fedspeech.tasks.base import TASKS, ClientResult, Task
+from fedspeech.tasks.prepare import RunData, compute_features, default_run_dir, peak_normalize
+from fedspeech.training import gradient_and_loss, train_local
+
+
+def resolve_corpus(cfg: SimConfig) -> KeywordCorpus:
+    """Load the configured dataset, building the built-in corpus if needed."""
+    root: Path | None = Path(cfg.data_root) if cfg.data_root else None
+    if cfg.dataset == "synth" and root is None:
+        root = synthesize_corpus(
+            n_speakers=cfg.synth_speakers,
+            takes=cfg.synth_takes,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+    elif root is None:
+        raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root")
+    words: Any = cfg.words
+    if isinstance(words, str) and words != "all":
+        words = [w.strip() for w in words.split(",") if w.strip()]
+    return load_dataset(cfg.dataset, root, words=words, progress=cfg.progress)
+
+
+def prepare_kws_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
+    """Load data, compute features, partition clients, and write ``run_dir/data``.
+
+    Raises
+    ------
+    DataError, ConfigError
+        On a missing or empty dataset, an impossible partition, and similar bad input.
+    """
+    # Unknown names fail here, before any data is read or Ray starts.
+    MODELS.get(cfg.model)
+    frontend = build_frontend(cfg.frontend)
+    PARTITIONS.get(cfg.partition)
+    DATASETS.get(cfg.dataset)
+    run_dir = Path(run_dir or cfg.out or default_run_dir())
+    corpus = resolve_corpus(cfg)
+    train_idx = corpus.indices("train")
+    test_idx = corpus.indices("test")
+    if len(test_idx) == 0:
+        test_idx = corpus.indices("validation")
+    if len(train_idx) == 0:
+        raise DataError(f"dataset {cfg.dataset!r} has no training clips")
+    if len(test_idx) == 0:
+        raise DataError(f"dataset {cfg.dataset!r} has no test or validation clips")
+    parts = partition(
+        corpus, train_idx, cfg.clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
+    )
+    if cfg.normalize == "peak":
+        corpus.waveforms = peak_normalize(corpus.waveforms)
+    feats = compute_features(corpus.waveforms, frontend)
+
+    meta = {
+        "classes": list(corpus.classes),
+        "clip_ids": list(corpus.clip_ids),
+        "speakers": list(corpus.speakers),
+        "split": list(corpus.split),
+    }
+    run = RunData(
+        run_dir=run_dir,
+        classes=list(corpus.classes),
+        input_shape=(int(feats.shape[1]), int(feats.shape[2])),
+        test_indices=test_idx,
+        partitions=parts,
+        corpus_meta={k: v for k, v in meta.items() if k != "classes"},
+    )
+    run.write(feats, corpus.labels, meta, cfg.partition)
+    return run
+
+
+class KeywordSpotting(Task):
+    """``--task kws``: the keyword-spotting study whose updates and gradients are audited."""
+
+    def validate(self, cfg: SimConfig) -> None:
+        """Keyword-spotting names: dataset, model, front-end and partition are registered."""
+        DATASETS.get(cfg.dataset)
+        MODELS.get(cfg.model)
+        FRONTENDS.get(cfg.frontend)
+        PARTITIONS.get(cfg.partition)
+
+    def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:
+        """:func:`prepare_kws_run`."""
+        return prepare_kws_run(cfg, run_dir)
+
+    def model_kwargs(self, cfg: SimConfig, data: RunData) -> dict[str, Any]:
+        """Classes, the feature shape and the activation."""
+        return {
+            "num_classes": len(data.classes),
+            "input_shape": list(data.input_shape),
+            "activation": cfg.activation,
+        }
+
+    def capture_frontend(self, cfg: SimConfig) -> str:
+        """``--frontend``: the model reads its features."""
+        return cfg.frontend
+
+    def train(
+        self,
+        model: nn.Module,
+        features: np.ndarray,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        settings: Mapping[str, Any],
+        client_id: int,
+    ) -> ClientResult:
+        """Local SGD (``share=update``), or one batch's gradient (``share=gradient``)."""
+        if str(settings["share"]) == "gradient":
+            batch = batches[0]
+            x = torch.from_numpy(np.ascontiguousarray(features[batch]))
+            y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
+            grads, loss = gradient_and_loss(model, x, y)
+            return ClientResult(arrays=grads, num_examples=len(batch), loss=loss)
+        res = train_local(
+            model,
+            features,
+            labels,
+            batches,
+            lr=float(settings["lr"]),
+            momentum=float(settings["momentum"]),
+            proximal_mu=float(settings.get("proximal-mu", 0.0)),
+        )
+        return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
+
+
+KWS = TASKS.register("kws")(KeywordSpotting())
+
+__all__ = ["KWS", "KeywordSpotting", "prepare_kws_run", "resolve_corpus"]
