@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedspeech.capture import reply_steps
 from fedspeech.models import build_model
 from fedspeech.tasks import TASKS
 from fedspeech.tasks.prepare import open_features, open_partition
@@ -48,7 +49,7 @@ def train(msg: Message, context: Context) -> Message:
         client_id=client_id,
         batch_size=int(_get(cfg, "batch-size")),
         epochs=int(_get(cfg, "local-epochs")),
-        steps=1 if share == "gradient" else int(_get(cfg, "local-steps")),
+        steps=reply_steps(share, int(_get(cfg, "local-steps"))),
     )
     task = TASKS.get(str(_get(cfg, "task", "kws")))
     res = task.train(model, feats, labels, batches, cfg, client_id)

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from fedspeech.audit import audit_rounds, leakage_means
-from fedspeech.capture import save_truth
+from fedspeech.capture import reply_steps, save_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
@@ -80,7 +80,7 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
         "momentum": cfg.momentum,
         "batch_size": cfg.batch_size,
         "local_epochs": cfg.local_epochs,
-        "local_steps": 1 if cfg.share == "gradient" else cfg.local_steps,
+        "local_steps": reply_steps(cfg.share, cfg.local_steps),
         "strategy": cfg.strategy,
     }
     meta.update(TASKS.get(cfg.task).training_meta(cfg))
@@ -106,7 +106,7 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
             client_id=client_id,
             batch_size=cfg.batch_size,
             epochs=cfg.local_epochs,
-            steps=1 if cfg.share == "gradient" else cfg.local_steps,
+            steps=reply_steps(cfg.share, cfg.local_steps),
         )
         truth = {
             "round": server_round,
