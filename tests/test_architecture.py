@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 PACKAGES = ("fedspeech", "attacks")
 
 # Layer of each part of the project: ``fedspeech.<part>`` (a package or a module), the
@@ -445,3 +446,20 @@ def test_type_checking_imports_are_no_cycle(tmp_path: Path) -> None:
         "attacks/y.py": "import typing\nif typing.TYPE_CHECKING:\n    import attacks.x\n",
     }
     assert check(write_tree(tmp_path, files)) == ([], [], [])
+
+
+def test_no_test_imports_another_test_file() -> None:
+    """Tests share code through ``tests/helpers.py`` and fixtures, not by importing each other."""
+    bad = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                last = name.split(".")[-1]
+                if name.startswith("tests") and (last.startswith("test_") or last == "conftest"):
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
+    assert bad == []

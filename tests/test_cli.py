@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import ast
 import re
-from pathlib import Path
 
 import pytest
 
 from fedspeech import __version__
 from fedspeech.cli import build_parser, main, sim_config
 from fedspeech.config import GROUPS, SimConfig, settings_of
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as ROOT
 
 
 def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

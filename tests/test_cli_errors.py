@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FSDD, needs_fsdd
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedspeech", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    # Progress bars may come first; the error is one line, and the last one.
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower()]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    assert errors[0].startswith("fedspeech: error: ")
-    for needle in needles:
-        assert needle in errors[0], errors[0]
+from tests.helpers import FSDD, assert_one_line_error, needs_fsdd, run_cli
 
 
 def test_missing_data_root(tmp_path: Path) -> None:

@@ -8,8 +8,7 @@ import pytest
 
 from fedspeech.config import GROUPS, SimConfig, read_toml, settings_of, task_defaults
 from fedspeech.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as ROOT
 
 
 def test_defaults_validate() -> None:

@@ -8,8 +8,6 @@ Measured (resampled to 16 kHz, peak 0.9, 32 Griffin-Lim iterations, seed 0): Mel
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -27,8 +25,9 @@ from attacks.waveform import (
 from attacks.waveform.cmvn_prior import PRIOR_SETTINGS
 from fedspeech.errors import ConfigError
 from fedspeech.frontends import MelFrontend, MfccFrontend
+from tests.helpers import FSDD
 
-RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+RECORDINGS = FSDD / "recordings"
 needs_fsdd = pytest.mark.skipif(
     not RECORDINGS.is_dir(),
     reason=f"real FSDD data not found at {RECORDINGS} (only on developer and CI machines)",

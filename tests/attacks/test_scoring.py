@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,8 +30,9 @@ from attacks.scoring import (
     w_mse,
 )
 from fedspeech.errors import ConfigError, FedspeechError
+from tests.helpers import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 RECORDINGS = DATA / "fsdd" / "recordings"
 LIBRI = DATA / "librispeech" / "test-other"
 needs_fsdd = pytest.mark.skipif(

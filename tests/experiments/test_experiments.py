@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from fedspeech.config import SimConfig, read_toml
+from tests.helpers import REPO
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])

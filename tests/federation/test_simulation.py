@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -22,37 +21,11 @@ from fedspeech.frontends import build_frontend
 from fedspeech.models import build_model
 from fedspeech.tasks.prepare import peak_normalize
 from fedspeech.training import compute_gradient, train_local
+from tests.helpers import leftover_processes
 
 pytestmark = pytest.mark.slow
 
 TINY = ["--synth-speakers", "12", "--synth-takes", "1", "--clients", "3", "--fraction", "1"]
-
-
-def processes_with_marker(marker: str) -> list[int]:
-    """Live processes whose environment carries ``marker`` (inherited from our child)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def leftover_processes(marker: str, grace: float = 60.0) -> list[int]:
-    """Processes carrying ``marker`` still alive after up to ``grace`` seconds.
-
-    Ray's workers exit asynchronously after the driver: on a loaded machine that takes more
-    than a second, and a process that is merely slow to exit is not one left behind.
-    """
-    deadline = time.monotonic() + grace
-    while (found := processes_with_marker(marker)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return found
 
 
 # Two rounds of FedSGD, one clip per shared gradient: the study's threat model.

@@ -26,7 +26,7 @@ from fedspeech.capture import Capture, CaptureFormatError, load_capture, save_ca
 from fedspeech.errors import ConfigError
 from fedspeech.models import build_model
 from fedspeech.training.local import compute_gradient, local_batches, train_local
-from tests.conftest import FSDD, needs_fsdd
+from tests.helpers import FSDD, needs_fsdd
 
 # Small inputs keep each optimisation step cheap; the architecture is the study's.
 SHAPE = (8, 8)

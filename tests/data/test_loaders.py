@@ -21,8 +21,9 @@ from fedspeech.data import (
 from fedspeech.data.audio import _BadAudio
 from fedspeech.data.loaders import SPEECH_COMMANDS_WORDS
 from fedspeech.errors import ConfigError, DataError
+from tests.helpers import FSDD
 
-FSDD_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd"
+FSDD_ROOT = FSDD
 
 SPEAKERS = ("aaaa1111", "bbbb2222", "cccc3333")
 EXTRA_WORD = "marvin"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -20,9 +19,10 @@ from fedspeech.frontends import (
     build_frontend,
     dct_ortho_matrix,
 )
+from tests.helpers import SHARED_DATA
 
 SR = 16_000
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 FSDD_CLIP = DATA / "fsdd" / "recordings" / "3_jackson_7.wav"
 needs_data = pytest.mark.skipif(
     not FSDD_CLIP.is_file(), reason=f"real speech not available ({FSDD_CLIP} absent)"

@@ -39,8 +39,7 @@ from fedspeech.training.sdd import (
     sdd_scores,
     train_sdd,
 )
-from tests.test_cli_errors import assert_one_line_error, run_cli
-from tests.test_simulation import leftover_processes
+from tests.helpers import REPO, assert_one_line_error, leftover_processes, run_cli
 
 # --- configuration -----------------------------------------------------------------------------
 
@@ -547,7 +546,7 @@ def test_tiny_sdd_simulation_roga_by_attack(tmp_path: Path, tiny_spoof_root: Pat
 def test_dpda_table_means_and_stds(tmp_path: Path) -> None:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "dpda.py"
+    path = REPO / "experiments" / "dpda.py"
     spec = importlib.util.spec_from_file_location("dpda", path)
     assert spec is not None and spec.loader is not None
     dpda = importlib.util.module_from_spec(spec)

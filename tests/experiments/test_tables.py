@@ -11,8 +11,7 @@ from types import ModuleType
 import pytest
 
 from fedspeech.audit import LEAKAGE_COLUMNS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as ROOT
 
 
 def load_tables() -> ModuleType:

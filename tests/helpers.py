@@ -1,0 +1,74 @@
+"""Helpers shared by the tests (not a test file): paths, the CLI in a subprocess, processes.
+
+Tests import from here, never from one another.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+FSDD = SHARED_DATA / "fsdd"
+
+needs_fsdd = pytest.mark.skipif(
+    not (FSDD / "recordings").is_dir(),
+    reason=f"real FSDD data not found at {FSDD} (only present on developer and CI machines)",
+)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m fedspeech ARGS`` in a subprocess, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedspeech", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit code 2, no traceback, and one ``fedspeech: error:`` line holding ``needles``."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Progress bars may come first; the error is one line, and the last one.
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert errors[0].startswith("fedspeech: error: ")
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (inherited from our child)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker.encode() in fh.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def leftover_processes(marker: str, grace: float = 60.0) -> list[int]:
+    """Processes carrying ``marker`` still alive after up to ``grace`` seconds.
+
+    Ray's workers exit asynchronously after the driver: on a loaded machine that takes more
+    than a second, and a process that is merely slow to exit is not one left behind.
+    """
+    deadline = time.monotonic() + grace
+    while (found := processes_with_marker(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
