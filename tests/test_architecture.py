@@ -453,11 +453,13 @@ def test_no_test_imports_another_test_file() -> None:
     bad = []
     for path in sorted((REPO / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
             names: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
+                names = [alias.name for alias in node.names]
             for name in names:
                 last = name.split(".")[-1]
                 if name.startswith("tests") and (last.startswith("test_") or last == "conftest"):
