@@ -50,6 +50,7 @@ from fedspeech.audit.scoring import Scorer, build_scorer, score_capture
 from fedspeech.audit.selection import Job, find_captures, select_jobs
 from fedspeech.audit.settings import AuditSettings
 from fedspeech.audit.truth import is_waveform_run
+from fedspeech.cluster import check_reachable
 from fedspeech.errors import FedspeechError
 
 __all__ = ["AUDIT_DIR", "audit_run"]
@@ -99,6 +100,9 @@ def audit_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FedspeechError(f"run folder {run_dir} does not exist")
+    if settings.ray_address and settings.ray_address != "local":
+        # Before any work: an unreachable cluster fails in seconds, not after stage 1 starts.
+        check_reachable(settings.ray_address)
     waveform_run = is_waveform_run(run_dir)
     if waveform_run and (settings.speaker or settings.content):
         # Clips of a fraction of a second say little to a speaker encoder, and a spoofing
