@@ -250,9 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "simulate":
+            cfg = sim_config(args)
+            # Flower and Ray load only once the settings are known to be good: bad input
+            # is reported in a second, and the other commands never load them.
             from fedspeech.federation.simulate import simulate
 
-            simulate(sim_config(args))
+            simulate(cfg)
         elif args.command == "data" and args.data_command == "synth":
             root = synthesize_corpus(
                 Path(args.out) if args.out else None,
