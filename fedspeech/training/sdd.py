@@ -53,9 +53,9 @@ from fedspeech.augment import Augmentation, build_augmentation
 from fedspeech.metrics import eer
 from fedspeech.registry import Registry
 from fedspeech.training.aligners import ALIGNERS
-from fedspeech.training.dual_path import train_dual_path
+from fedspeech.training.dual_path import DualPathResult, train_dual_path
 from fedspeech.training.local import predict
-from fedspeech.training.roga import path_cosine, train_roga
+from fedspeech.training.roga import RoGAResult, path_cosine, train_roga
 
 
 @dataclass
@@ -116,6 +116,17 @@ class LocalSettings:
     roga_domains: np.ndarray | None = None
 
 
+def _sdd_result(res: DualPathResult | RoGAResult) -> SddResult:
+    """What a client reports, from either kind of local run."""
+    return SddResult(
+        num_examples=res.num_examples,
+        loss=res.loss,
+        steps=res.steps,
+        conflict_rate=res.conflict_rate,
+        mean_cosine=res.mean_cosine,
+    )
+
+
 class LocalTrainer(Protocol):
     """A registered local trainer: runs ``batches`` in place on ``model``."""
 
@@ -156,13 +167,7 @@ def _dual_path_trainer(alignment: str) -> LocalTrainer:
             lr=settings.lr,
             optimizer=settings.optimizer,
         )
-        return SddResult(
-            num_examples=res.num_examples,
-            loss=res.loss,
-            steps=res.steps,
-            conflict_rate=res.conflict_rate,
-            mean_cosine=res.mean_cosine,
-        )
+        return _sdd_result(res)
 
     train.__doc__ = f"Dual-path training aligned by {alignment!r} (Truong et al., 2025)."
     return train
@@ -200,13 +205,7 @@ def _roga(
         rho=settings.roga_rho,
         alpha=settings.roga_alpha,
     )
-    return SddResult(
-        num_examples=res.num_examples,
-        loss=res.loss,
-        steps=res.steps,
-        conflict_rate=res.conflict_rate,
-        mean_cosine=res.mean_cosine,
-    )
+    return _sdd_result(res)
 
 
 def train_sdd(
