@@ -98,7 +98,8 @@ def audit_run(
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FedspeechError(f"run folder {run_dir} does not exist")
+        problem = "is not a folder" if run_dir.exists() else "does not exist"
+        raise FedspeechError(f"run folder {run_dir} {problem}")
     waveform_run = is_waveform_run(run_dir)
     if waveform_run and (settings.speaker or settings.content):
         # Clips of a fraction of a second say little to a speaker encoder, and a spoofing
