@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from attacks.scoring import METRICS
 from attacks.target import AttackTarget
 from attacks.waveform import features_to_wave
 from fedspeech.data.corpus import fix_length
-from fedspeech.fileio import atomic_write_text
+from fedspeech.fileio import atomic_write_json
 from fedspeech.frontends import build_frontend
 from fedspeech.models import build_model
 from fedspeech.tasks.prepare import peak_normalize
@@ -288,7 +287,7 @@ def main() -> None:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(saved, indent=1))
+    atomic_write_json(args.out, saved, indent=1)
 
     print("\nper clip attacked by the plain loop (matching loss, PESQ-NB, STOI):")
     cols = [("plain", plain)] + [(name, recs[:n_plain]) for name, (_, recs) in runs.items()]

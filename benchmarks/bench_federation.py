@@ -79,6 +79,7 @@ class PeakMemory(threading.Thread):
 def child(mode: str, args: argparse.Namespace, out: Path) -> None:
     """Run one mode in this (child) process and write its timings as JSON."""
     from fedspeech.config import SimConfig
+    from fedspeech.fileio import atomic_write_json
 
     cfg = SimConfig.from_mapping(
         {
@@ -88,6 +89,7 @@ def child(mode: str, args: argparse.Namespace, out: Path) -> None:
             "partition": args.partition,
             "capture-clients": args.capture if mode == "capture" else "0",
             "out": str(out.parent / f"run-{mode}"),
+            "overwrite": True,
             "seed": 0,
             "progress": False,
         }
@@ -100,7 +102,7 @@ def child(mode: str, args: argparse.Namespace, out: Path) -> None:
 
         _, rec = simulate(cfg, plain=(mode == "plain"))
         rounds = [r["seconds"] for r in rec.rounds]
-    out.write_text(json.dumps({"rounds": rounds, "total": time.perf_counter() - t0}))
+    atomic_write_json(out, {"rounds": rounds, "total": time.perf_counter() - t0})
 
 
 def sequential(cfg: Any) -> list[float]:

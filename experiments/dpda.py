@@ -29,7 +29,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedspeech.fileio import atomic_write_text
+from fedspeech.fileio import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +53,8 @@ def run_one(config: Path, alignment: str, seed: int, out: Path) -> float:
     """One simulation in a child process; returns its wall time in seconds."""
     cmd = [sys.executable, "-m", "fedspeech", "simulate", "--config", str(config)]
     cmd += ["--alignment", alignment, "--seed", str(seed), "--out", str(out), "--quiet"]
+    # An unfinished run in ``out`` (interrupted) is started again from scratch.
+    cmd += ["--overwrite"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=os.environ.copy())
     return time.perf_counter() - t0
@@ -129,7 +131,7 @@ def main() -> None:
     summary = summarise(out, alignments, seeds)
     text = table(summary)
     atomic_write_text(out / "table.md", text + "\n")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_json(out / "summary.json", summary, indent=1)
     print(text)
 
 

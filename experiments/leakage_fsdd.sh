@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 
 sim() {  # sim NAME ARGS...: simulate once into $OUT/NAME
   local name=$1; shift
-  [ -f "$OUT/$name/metrics.json" ] || $FS simulate --data-root "$FSDD" --out "$OUT/$name" --quiet "$@"
+  [ -f "$OUT/$name/metrics.json" ] || $FS simulate --data-root "$FSDD" --out "$OUT/$name" --overwrite --quiet "$@"
 }
 
 # Tables 2 and 3: Mel vs MFCC, batch 1, untrained model, 20 clips each.

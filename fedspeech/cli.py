@@ -10,6 +10,7 @@ Bad input ends with one line ``fedspeech: error: ...`` on stderr and exit code 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -232,6 +233,24 @@ def _run_audit(args: argparse.Namespace) -> None:
     print(f"results in {out}: leakage.csv, summary.json, wav/, spectrograms/")
 
 
+# ``fedspeech data synth`` flag -> the simulate setting whose declaration checks it.
+_SYNTH_FLAGS = {"speakers": "synth_speakers", "takes": "synth_takes", "seed": "seed"}
+
+
+def _run_synth(args: argparse.Namespace) -> None:
+    """``fedspeech data synth``: its numbers checked by the simulate settings' declarations."""
+    infos = {info.name: info for info in settings_of(SimConfig)}
+    for dest, name in _SYNTH_FLAGS.items():
+        dataclasses.replace(infos[name], flag=f"--{dest}").check(getattr(args, dest))
+    root = synthesize_corpus(
+        Path(args.out) if args.out else None,
+        n_speakers=args.speakers,
+        takes=args.takes,
+        seed=args.seed,
+    )
+    print(root)
+
+
 def sim_config(args: argparse.Namespace) -> SimConfig:
     """The configuration of ``simulate``: defaults, then ``--config``, then flags."""
     cfg = SimConfig()
@@ -257,13 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             simulate(cfg)
         elif args.command == "data" and args.data_command == "synth":
-            root = synthesize_corpus(
-                Path(args.out) if args.out else None,
-                n_speakers=args.speakers,
-                takes=args.takes,
-                seed=args.seed,
-            )
-            print(root)
+            _run_synth(args)
         elif args.command == "audit":
             _run_audit(args)
     except FedspeechError as exc:

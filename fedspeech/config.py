@@ -40,6 +40,13 @@ import tomli_w
 
 from fedspeech.errors import ConfigError
 
+#: The largest seed: numpy takes any, but 32 bits is what every seeded library accepts.
+SEED_MAX = 2**32 - 1
+
+# Settings about one invocation, not the run: left out of a run's config.toml, so that a
+# config.toml fed back with --config never replaces a run unasked.
+_NOT_RECORDED = ("overwrite",)
+
 #: Help groups of ``fedspeech simulate --help``, in display order.
 GROUPS: dict[str, str] = {
     "task": "task",
@@ -179,20 +186,25 @@ class SettingInfo:
             )
         if self.above is not None and self.maximum is not None:
             if not self.above < value <= self.maximum:
-                interval = f"({self.above:g}, {self.maximum:g}]"
+                interval = f"({_num(self.above)}, {_num(self.maximum)}]"
                 raise ConfigError(f"{self.flag} must be in {interval}, got {value}")
         if self.above is not None and not value > self.above:
-            bound = "positive" if self.above == 0 else f"greater than {self.above:g}"
+            bound = "positive" if self.above == 0 else f"greater than {_num(self.above)}"
             raise ConfigError(f"{self.flag} must be {bound}, got {value}")
         if self.minimum is not None and not value >= self.minimum:
-            bound = "not be negative" if self.minimum == 0 else f"be at least {self.minimum:g}"
+            bound = "not be negative" if self.minimum == 0 else f"be at least {_num(self.minimum)}"
             raise ConfigError(f"{self.flag} must {bound}, got {value}")
         if self.maximum is not None and not value <= self.maximum:
-            raise ConfigError(f"{self.flag} must be at most {self.maximum:g}, got {value}")
+            raise ConfigError(f"{self.flag} must be at most {_num(self.maximum)}, got {value}")
 
     def default_for(self, task: str) -> Any:
         """The default of this setting for ``task``."""
         return self.task_defaults.get(task, self.default)
+
+
+def _num(bound: float) -> str:
+    """A range bound as written: whole numbers in full (a seed's 4294967295, not 4.29e+09)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 _SETTINGS: dict[type, tuple[SettingInfo, ...]] = {}
@@ -349,6 +361,7 @@ class SimConfig:
         "seed of data, partition, sampling and initial weights",
         group="federation",
         minimum=0,
+        maximum=SEED_MAX,
     )
     share: str = setting(
         "update",
@@ -375,7 +388,10 @@ class SimConfig:
     lr: float = setting(
         0.1, "client learning rate", group="sharing", task_defaults={"sdd": 3e-3}, above=0
     )
-    momentum: float = setting(0.0, "client SGD momentum", group="sharing", minimum=0)
+    # Above 1 the velocity grows without bound: the run would only diverge.
+    momentum: float = setting(
+        0.0, "client SGD momentum, in [0, 1]", group="sharing", minimum=0, maximum=1
+    )
     capture_clients: str = setting(
         "1", "clients captured per round: a number or 'all'", group="capture", metavar="N"
     )
@@ -454,9 +470,15 @@ class SimConfig:
         group="ray",
         metavar="HOST:PORT",
     )
-    cpus_per_client: float = setting(1.0, "Ray CPUs reserved per client", group="ray", above=0)
+    # Ray refuses resource quantities finer than 0.0001.
+    cpus_per_client: float = setting(1.0, "Ray CPUs reserved per client", group="ray", minimum=1e-4)
     out: str | None = setting(
         None, "run folder (default runs/<timestamp>)", group="output", metavar="DIR"
+    )
+    overwrite: bool = setting(
+        False,
+        "replace the run already in --out (its captures, truth, audit, data, metrics, plots)",
+        group="output",
     )
     progress: bool = setting(
         True, "progress bars and one line per round (--quiet: none)", group="output", flag="--quiet"
@@ -556,6 +578,8 @@ class SimConfig:
         out: dict[str, Any] = {}
         for info in settings_of(type(self)):
             if info.tasks is not None and self.task not in info.tasks:
+                continue
+            if info.name in _NOT_RECORDED:
                 continue
             value = getattr(self, info.name)
             if value is not None:

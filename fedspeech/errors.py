@@ -17,3 +17,7 @@ class DataError(FedspeechError):
 
 class ConfigError(FedspeechError):
     """A configuration key or value is invalid."""
+
+
+class DivergedError(FedspeechError):
+    """Training diverged: a loss became NaN or infinite, so the run stops (exit code 2)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,41 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def clean_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (strict JSON has neither).
+
+    Mappings (keys as strings), lists and tuples are cleaned recursively; numpy scalars
+    become Python numbers.
+
+    Examples
+    --------
+    >>> clean_json({"loss": float("nan"), "acc": [0.5, float("inf")]})
+    {'loss': None, 'acc': [0.5, None]}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return clean_json(obj.item())
+    return obj
+
+
+def atomic_write_json(
+    path: Path, obj: Any, *, indent: int | None = None, sort_keys: bool = False
+) -> None:
+    """Write ``obj`` as strict JSON, atomically: NaN and infinities become ``null``.
+
+    Python's ``json`` writes ``NaN`` and ``Infinity`` by default, which other readers
+    (``jq``, JavaScript, most JSON libraries) reject; ``allow_nan=False`` makes any such
+    value that :func:`clean_json` missed an error here rather than a broken file.
+    """
+    text = json.dumps(clean_json(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

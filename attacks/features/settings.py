@@ -24,6 +24,7 @@ fedspeech.errors.ConfigError: Stage1Settings.patience must be at least 1, got 0
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ from attacks.features.objective import DISTANCES, TV_REDUCTIONS
 from fedspeech.errors import ConfigError
 
 __all__ = ["Stage1Settings", "setting_name"]
+
+# The largest seed (32 bits, what every seeded library accepts).
+_SEED_MAX = 2**32 - 1
 
 
 def setting_name(settings: Any, name: str) -> str:
@@ -159,6 +163,7 @@ class Stage1Settings:
     seed: int = field(default=0, metadata={"help": "seed of the random starts"})
 
     def __post_init__(self) -> None:
+        self._check_finite()
         for name in ("iterations", "restarts", "patience", "max_batch", "check_every"):
             self._at_least(name, 1)
         self._at_least("decay_patience", 1)
@@ -175,8 +180,17 @@ class Stage1Settings:
             value = getattr(self, name)
             if not value >= 0:
                 raise ConfigError(f"{self._name(name)} must not be negative, got {value}")
+        if not 0 <= self.seed <= _SEED_MAX:
+            raise ConfigError(f"{self._name('seed')} must be in [0, {_SEED_MAX}], got {self.seed}")
         TV_REDUCTIONS.get(self.tv_reduction)
         DISTANCES.get(self.distance)
+
+    def _check_finite(self) -> None:
+        """Every float is finite: range checks alone pass infinity (``inf > 0``)."""
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{self._name(spec.name)} must be a finite number, got {value}")
 
     def _name(self, name: str) -> str:
         return setting_name(self, name)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,13 @@ import numpy as np
 from attacks.scoring import summarize as summarize_table
 from fedspeech.audit.selection import Job
 from fedspeech.audit.settings import AuditSettings
-from fedspeech.fileio import atomic_save_figure, atomic_write_bytes, atomic_write_text
+from fedspeech.fileio import (
+    atomic_save_figure,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    clean_json,
+)
 
 __all__ = [
     "FF_PREFIX",
@@ -115,22 +120,9 @@ _LABELS = {
 }
 
 
-def clean_json(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None (strict JSON has neither)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return clean_json(obj.item())
-    return obj
-
-
 def write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as indented strict JSON (NaN -> null), atomically."""
-    atomic_write_text(path, json.dumps(clean_json(obj), indent=1, allow_nan=False) + "\n")
+    atomic_write_json(path, obj, indent=1)
     return path
 
 

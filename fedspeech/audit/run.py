@@ -99,7 +99,8 @@ def audit_run(
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FedspeechError(f"run folder {run_dir} does not exist")
+        problem = "is not a folder" if run_dir.exists() else "does not exist"
+        raise FedspeechError(f"run folder {run_dir} {problem}")
     if settings.ray_address and settings.ray_address != "local":
         # Before any work: an unreachable cluster fails in seconds, not after stage 1 starts.
         check_reachable(settings.ray_address)

@@ -215,6 +215,9 @@ class AuditSettings:
             if getattr(self, name) is not None:
                 self._at_least(name, 1)
         self._at_least("workers", 1)
+        # Flower numbers rounds from 1 and clients from 0 (captures rNNN_cNNNN).
+        self._each_at_least("rounds", 1)
+        self._each_at_least("clients", 0)
         if self.label_method != "auto":
             LABEL_METHODS.get(self.label_method)
         if self.speaker:
@@ -224,6 +227,13 @@ class AuditSettings:
         value = getattr(self, name)
         if value < low:
             raise ConfigError(f"{setting_name(self, name)} must be at least {low}, got {value}")
+
+    def _each_at_least(self, name: str, low: int) -> None:
+        """Every entry of the list setting ``name`` (None: all) is at least ``low``."""
+        bound = "not be negative" if low == 0 else f"be at least {low}"
+        for value in getattr(self, name) or ():
+            if value < low:
+                raise ConfigError(f"{setting_name(self, name)} must {bound}, got {value}")
 
     @cached_property
     def stage1(self) -> Stage1Settings:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspeech.errors import DataError
+from fedspeech.fileio import atomic_write_json
 
 MARKER = ".complete"
 
@@ -42,7 +43,7 @@ def cache_dir() -> Path:
 
 def mark_complete(root: Path, params: Mapping[str, Any]) -> None:
     """Write the build parameters into ``root/.complete``: the last file of a build."""
-    (Path(root) / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+    atomic_write_json(Path(root) / MARKER, dict(params), sort_keys=True)
 
 
 def is_complete(root: Path, params: Mapping[str, Any], what: str) -> bool:

@@ -6,17 +6,22 @@ leaves a readable record of the rounds it finished. Speech-deepfake-detection ru
 where undefined) and ``conflict_rate`` (the mean over the round's clients of their fraction
 of local steps whose clean and augmented gradients conflict) to every round, ``eer`` and
 ``eer_unseen`` to ``initial`` and ``final``, and plot them in ``eer.png``.
+
+A diverged run (a NaN or infinite evaluation loss, or mean client training loss) is
+recorded under ``diverged`` in ``metrics.json`` and stopped with
+:class:`~fedspeech.errors.DivergedError`: every later round would only be NaN too. The
+file is strict JSON: non-finite numbers are written as ``null``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedspeech.fileio import atomic_save_figure, atomic_write_text
+from fedspeech.errors import DivergedError
+from fedspeech.fileio import atomic_save_figure, atomic_write_json
 
 # Leakage columns of the terminal table, when the run was audited.
 _LEAK_COLUMNS = {
@@ -47,12 +52,25 @@ class RunRecorder:
         self.rounds: list[dict[str, Any]] = []
         self.initial: dict[str, float | None] | None = None
         self._pending: dict[int, dict[str, Any]] = {}
+        self.diverged: dict[str, Any] | None = None
 
     def client_round(
         self, server_round: int, clients: list[dict[str, Any]], seconds: float
     ) -> None:
-        """Per-client results of a round's training, before evaluation."""
+        """Per-client results of a round's training, before evaluation.
+
+        Raises
+        ------
+        DivergedError
+            The mean ``train_loss`` of the clients is NaN or infinite.
+        """
         self._pending[server_round] = {"clients": clients, "train_seconds": seconds}
+        losses = [float(c["train_loss"]) for c in clients if "train_loss" in c]
+        if losses:
+            # A plain sum: one NaN or infinite loss makes the mean non-finite (fsum would
+            # raise on inf - inf instead).
+            mean = sum(losses) / len(losses)
+            self._check_finite(server_round, "mean client training loss", mean)
 
     def evaluated(
         self,
@@ -66,6 +84,11 @@ class RunRecorder:
 
         ``extra`` holds further metrics of the global model (``eer``, ``eer_unseen``); NaN
         (undefined) is recorded as ``null``.
+
+        Raises
+        ------
+        DivergedError
+            ``loss`` is NaN or infinite (the round is recorded first).
         """
         scores = {k: (None if math.isnan(v) else v) for k, v in (extra or {}).items()}
         shown = "".join(f"  {k} {_fmt(v)}" for k, v in scores.items())
@@ -74,6 +97,7 @@ class RunRecorder:
             self._say(
                 f"round 0/{self.rounds_planned}  accuracy {accuracy:.3f}  loss {loss:.3f}{shown}"
             )
+            self._check_finite(server_round, "evaluation loss", loss)
             return
         pending = self._pending.pop(server_round, {"clients": [], "train_seconds": 0.0})
         entry: dict[str, Any] = {
@@ -96,6 +120,19 @@ class RunRecorder:
             f"{seconds:.1f} s"
         )
         self.save()
+        self._check_finite(server_round, "evaluation loss", loss)
+
+    def _check_finite(self, server_round: int, what: str, value: float) -> None:
+        """Record and raise :class:`DivergedError` if ``value`` is NaN or infinite."""
+        if math.isfinite(value):
+            return
+        # The value as text: strict JSON would turn the number itself into null.
+        self.diverged = {"round": server_round, "metric": what, "value": str(value)}
+        self.save()
+        raise DivergedError(
+            f"training diverged in round {server_round}: {what} is {value} "
+            "(a smaller --lr may help)"
+        )
 
     def add_leakage(self, server_round: int, leakage: dict[str, float]) -> None:
         """Attach audit results (metric -> mean over the round's captures) to a round."""
@@ -114,11 +151,14 @@ class RunRecorder:
             last = self.rounds[-1]
             final = {"accuracy": last["accuracy"], "loss": last["loss"]}
             final.update({k: last[k] for k in ("eer", "eer_unseen") if k in last})
-        return {"initial": self.initial, "rounds": self.rounds, "final": final}
+        doc = {"initial": self.initial, "rounds": self.rounds, "final": final}
+        if self.diverged is not None:
+            doc["diverged"] = self.diverged
+        return doc
 
     def save(self) -> None:
-        """Write ``metrics.json`` atomically."""
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.as_dict(), indent=1))
+        """Write ``metrics.json`` atomically, as strict JSON (NaN and infinities: null)."""
+        atomic_write_json(self.run_dir / "metrics.json", self.as_dict(), indent=1)
 
     def plot(self) -> Path | None:
         """Write ``accuracy.png`` (accuracy and loss per round); ``None`` if no rounds."""

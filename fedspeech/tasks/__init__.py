@@ -23,7 +23,7 @@ from pathlib import Path
 from fedspeech.config import SimConfig
 from fedspeech.tasks.base import TASKS, ClientResult, Task
 from fedspeech.tasks.kws import KWS
-from fedspeech.tasks.prepare import RunData
+from fedspeech.tasks.prepare import RunData, claim_run_dir, claimed_run_dir
 from fedspeech.tasks.registries import known_names
 from fedspeech.tasks.sdd import SDD
 
@@ -48,12 +48,21 @@ def check_config(cfg: SimConfig) -> Task:
 def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
     """Check ``cfg`` (:func:`check_config`), then prepare its run: write ``run_dir/data``.
 
+    The run folder (``run_dir``, else ``--out``, else a new ``runs/<timestamp>``) is
+    claimed first (:func:`~fedspeech.tasks.prepare.claim_run_dir`: refused if it holds a
+    run, unless ``--overwrite``; ``run.json`` written), before any data is read; a folder
+    created here is removed again if preparation fails.
+
     Raises
     ------
     ConfigError, DataError
         Unknown task or names, missing data, impossible partitions, and similar bad input.
+    FedspeechError
+        The run folder holds a run, or cannot be created or written.
     """
-    return check_config(cfg).prepare(cfg, run_dir)
+    task = check_config(cfg)
+    with claimed_run_dir(cfg, run_dir) as path:
+        return task.prepare(cfg, path)
 
 
 __all__ = [
@@ -64,6 +73,7 @@ __all__ = [
     "RunData",
     "Task",
     "check_config",
+    "claim_run_dir",
     "known_names",
     "prepare_run",
 ]

@@ -5,22 +5,55 @@ into a :class:`RunData`: everything the clients need is written once into ``<run
 (features as ``.npy``, read memory-mapped with ``allow_pickle=False``; indexes as JSON), so
 each Ray worker maps the same bytes instead of receiving a copy of the dataset, and memory
 stays flat in the number of clients. The ``open_*`` readers map them once per process.
+
+Before that, :func:`claim_run_dir` makes the run folder its own: a new folder, or ``--out``
+when it holds no earlier run (``--overwrite`` removes the earlier run's files first), with
+``run.json`` recording how and where the run was started.
 """
 
 from __future__ import annotations
 
 import json
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedspeech.errors import DataError
-from fedspeech.fileio import atomic_save_npy, atomic_write_text
+from fedspeech import __version__
+from fedspeech.config import SimConfig
+from fedspeech.errors import DataError, FedspeechError
+from fedspeech.fileio import atomic_save_npy, atomic_write_json
+
+#: Entries whose presence means a folder holds a run: a second run would mix its files in.
+RUN_MARKERS: tuple[str, ...] = ("metrics.json", "config.toml", "captures")
+#: Everything a run writes into its folder; ``--overwrite`` removes these and nothing else.
+RUN_ENTRIES: tuple[str, ...] = (
+    "captures",
+    "truth",
+    "audit",
+    "data",
+    "metrics.json",
+    "config.toml",
+    "run.json",
+    "accuracy.png",
+    "eer.png",
+)
+#: The file recording the command line, versions, source commit, start time and host.
+RUN_INFO = "run.json"
+# Timestamp folders tried per second before giving up (runs/<ts>, <ts>-1, <ts>-2, ...).
+_MAX_SUFFIX = 1000
 
 
 @dataclass
@@ -91,8 +124,8 @@ class RunData:
         atomic_save_npy(self.features_path, features)
         atomic_save_npy(self.labels_path, labels.astype(np.int64))
         part_json = {"clients": [p.tolist() for p in self.partitions], "scheme": scheme}
-        atomic_write_text(self.partition_path, json.dumps(part_json))
-        atomic_write_text(self.index_path, json.dumps(index))
+        atomic_write_json(self.partition_path, part_json)
+        atomic_write_json(self.index_path, index)
         for kind, ids in self.domains.items():
             atomic_save_npy(self.domains_path(kind), ids.astype(np.int64))
 
@@ -106,8 +139,194 @@ def domains_file(data_dir: Path, kind: str) -> Path:
 
 
 def default_run_dir() -> Path:
-    """``runs/<timestamp>`` under the working directory."""
+    """``runs/<timestamp>`` under the working directory.
+
+    :func:`claim_run_dir` adds a suffix when two runs start in the same second.
+    """
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def claim_run_dir(cfg: SimConfig, run_dir: Path | None = None) -> Path:
+    """Make the run folder this run's own and write its ``run.json``; return the folder.
+
+    Parameters
+    ----------
+    cfg : SimConfig
+        ``out`` (None: a new ``runs/<timestamp>[-N]``) and ``overwrite``.
+    run_dir : Path, optional
+        The folder to use instead of ``cfg.out``.
+
+    Raises
+    ------
+    FedspeechError
+        The folder cannot be created or written, is a file, or holds a run (see
+        :func:`holds_run`) and ``cfg.overwrite`` is false.
+    """
+    with claimed_run_dir(cfg, run_dir) as path:
+        return path
+
+
+@contextmanager
+def claimed_run_dir(cfg: SimConfig, run_dir: Path | None = None) -> Iterator[Path]:
+    """:func:`claim_run_dir` for a block that fills the folder.
+
+    If the block fails and the folder was created here, it is removed again: it holds
+    nothing but a half-prepared ``data/``, and a failed run should not leave empty
+    timestamp folders behind. A folder that existed before is left alone.
+    """
+    target = run_dir if run_dir is not None else cfg.out
+    if target is None:
+        path, created = _new_timestamp_dir(), True
+    else:
+        path = Path(target)
+        created = _make_dir(path)
+        if not created:
+            _take_over(path, cfg.overwrite)
+    try:
+        write_run_info(path)
+        yield path
+    except BaseException:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` holds (part of) a run (any of :data:`RUN_MARKERS`)."""
+    return any((path / name).exists() for name in RUN_MARKERS)
+
+
+def remove_run(path: Path) -> None:
+    """Remove a run's own entries (:data:`RUN_ENTRIES`) from ``path``; keep anything else."""
+    for name in RUN_ENTRIES:
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+
+
+def _take_over(path: Path, overwrite: bool) -> None:
+    """Use the existing folder ``path``: refuse it if it holds a run, unless ``overwrite``."""
+    if not holds_run(path):
+        return
+    if not overwrite:
+        raise FedspeechError(f"--out {path} holds a run; use --overwrite to replace it")
+    try:
+        remove_run(path)
+    except OSError as exc:
+        raise FedspeechError(f"cannot remove the old run in {path}: {_reason(exc)}") from None
+
+
+def _make_dir(path: Path) -> bool:
+    """Create ``path`` (and its parents); False if it is already a folder.
+
+    Raises
+    ------
+    FedspeechError
+        ``path`` or one of its parents is a file, or the folder cannot be created.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        # mkdir(exist_ok=True) raises this only for an existing file in the way.
+        raise FedspeechError(
+            f"cannot create run folder {path}: {exc.filename} is not a folder"
+        ) from None
+    except OSError as exc:
+        raise FedspeechError(f"cannot create run folder {path}: {_reason(exc)}") from None
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise FedspeechError(f"run folder {path} is a file, not a folder") from None
+    except OSError as exc:
+        raise FedspeechError(f"cannot create run folder {path}: {_reason(exc)}") from None
+    return True
+
+
+def _new_timestamp_dir() -> Path:
+    """Create ``runs/<timestamp>``, or ``<timestamp>-1``, ``-2``, ... if taken.
+
+    ``mkdir`` fails if the folder exists, so two runs started in the same second (even in
+    two processes) never share a folder.
+    """
+    base = default_run_dir()
+    for n in range(_MAX_SUFFIX):
+        path = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        if _make_dir(path):
+            return path
+    raise FedspeechError(f"no free run folder {base}-N (tried {_MAX_SUFFIX}); use --out")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def write_run_info(path: Path) -> None:
+    """Write ``path/run.json``: command line, versions, source commit, start time, host.
+
+    Raises
+    ------
+    FedspeechError
+        The folder is not writable.
+    """
+    try:
+        atomic_write_json(path / RUN_INFO, run_info(), indent=1)
+    except OSError as exc:
+        raise FedspeechError(f"cannot write to run folder {path}: {_reason(exc)}") from None
+
+
+def run_info() -> dict[str, Any]:
+    """What ``run.json`` records about the process starting a run."""
+    return {
+        "argv": list(sys.argv),
+        "versions": versions(),
+        "git_commit": source_commit(),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of fedspeech, Python and the libraries behind a run's numbers.
+
+    Read from the installed packages' metadata, so Flower and Ray are not imported here.
+    """
+    out: dict[str, str | None] = {
+        "fedspeech": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    for dist in ("flwr", "ray"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def source_commit(timeout: float = 2.0) -> str | None:
+    """The git commit of the fedspeech source tree, or None (not a git checkout, no git).
+
+    None too when the package folder sits inside some other repository without being part
+    of it (an installed copy in a virtual environment inside a checkout, say).
+    """
+    package = Path(__file__).resolve().parents[1]
+    commands = (["git", "ls-files", "--error-unmatch", "__init__.py"], ["git", "rev-parse", "HEAD"])
+    try:
+        results = [
+            subprocess.run(
+                cmd, cwd=package, capture_output=True, text=True, timeout=timeout, check=True
+            )
+            for cmd in commands
+        ]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = results[-1].stdout.strip()
+    return commit or None
 
 
 def peak_normalize(waveforms: np.ndarray, peak: float = 0.9) -> np.ndarray:
@@ -164,12 +383,23 @@ def open_partition(partition_path: str) -> list[np.ndarray]:
 
 
 __all__ = [
+    "RUN_ENTRIES",
+    "RUN_INFO",
+    "RUN_MARKERS",
     "RunData",
+    "claim_run_dir",
+    "claimed_run_dir",
     "compute_features",
     "default_run_dir",
     "domains_file",
+    "holds_run",
     "open_domains",
     "open_features",
     "open_partition",
     "peak_normalize",
+    "remove_run",
+    "run_info",
+    "source_commit",
+    "versions",
+    "write_run_info",
 ]

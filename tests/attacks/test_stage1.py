@@ -203,14 +203,19 @@ def test_stage1_settings_check_themselves_once() -> None:
     settings = Stage1Settings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.lr = 1.0  # type: ignore[misc]
-    bad: dict[str, tuple[Any, str]] = {
-        "iterations": (0, "--iterations must be at least 1, got 0"),
-        "lr": (0.0, "--lr must be positive, got 0.0"),
-        "tv_weight": (-1, "--tv-weight must not be negative, got -1"),
-        "patience": (0, "Stage1Settings.patience must be at least 1, got 0"),
-        "floor": (-1e-3, "Stage1Settings.floor must not be negative, got -0.001"),
-    }
-    for name, (value, message) in bad.items():
+    bad: list[tuple[str, Any, str]] = [
+        ("iterations", 0, "--iterations must be at least 1, got 0"),
+        ("lr", 0.0, "--lr must be positive, got 0.0"),
+        ("tv_weight", -1, "--tv-weight must not be negative, got -1"),
+        ("patience", 0, "Stage1Settings.patience must be at least 1, got 0"),
+        ("floor", -1e-3, "Stage1Settings.floor must not be negative, got -0.001"),
+        # Infinity passes every range check; the finiteness check comes first.
+        ("lr", math.inf, "--lr must be a finite number, got inf"),
+        ("tol", math.nan, "Stage1Settings.tol must be a finite number, got nan"),
+        ("skip_below", math.inf, "Stage1Settings.skip_below must be a finite number, got inf"),
+        ("seed", 2**32, "--seed must be in [0, 4294967295], got 4294967296"),
+    ]
+    for name, value, message in bad:
         with pytest.raises(ConfigError) as err:
             Stage1Settings(**{name: value})
         assert str(err.value) == message
