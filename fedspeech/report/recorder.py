@@ -6,6 +6,10 @@ leaves a readable record of the rounds it finished. Speech-deepfake-detection ru
 where undefined) and ``conflict_rate`` (the mean over the round's clients of their fraction
 of local steps whose clean and augmented gradients conflict) to every round, ``eer`` and
 ``eer_unseen`` to ``initial`` and ``final``, and plot them in ``eer.png``.
+
+Every round lists its ``failures`` (``{"client_id", "error"}`` of each sampled client whose
+reply was not used); a round in which every sampled client failed is marked
+``"all_failed": true``.
 """
 
 from __future__ import annotations
@@ -49,10 +53,22 @@ class RunRecorder:
         self._pending: dict[int, dict[str, Any]] = {}
 
     def client_round(
-        self, server_round: int, clients: list[dict[str, Any]], seconds: float
+        self,
+        server_round: int,
+        clients: list[dict[str, Any]],
+        seconds: float,
+        failures: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Per-client results of a round's training, before evaluation."""
-        self._pending[server_round] = {"clients": clients, "train_seconds": seconds}
+        """Per-client results of a round's training, before evaluation.
+
+        ``failures`` holds ``{"client_id", "error"}`` of the sampled clients whose replies
+        were not used (an error, no reply in time, a wrong client id).
+        """
+        self._pending[server_round] = {
+            "clients": clients,
+            "train_seconds": seconds,
+            "failures": list(failures or []),
+        }
 
     def evaluated(
         self,
@@ -88,12 +104,17 @@ class RunRecorder:
             shown += f"  conflict_rate {entry['conflict_rate']:.3f}"
         entry["seconds"] = round(seconds, 3)
         entry["clients"] = pending["clients"]
+        failures = pending.get("failures", [])
+        entry["failures"] = failures
+        if failures and not pending["clients"]:
+            entry["all_failed"] = True
         self.rounds.append(entry)
         captured = sum(1 for c in pending["clients"] if c.get("captured"))
+        failed = f"  failed {len(failures)}" if failures else ""
         self._say(
             f"round {server_round}/{self.rounds_planned}  accuracy {accuracy:.3f}  "
-            f"loss {loss:.3f}{shown}  clients {len(pending['clients'])}  captured {captured}  "
-            f"{seconds:.1f} s"
+            f"loss {loss:.3f}{shown}  clients {len(pending['clients'])}{failed}  "
+            f"captured {captured}  {seconds:.1f} s"
         )
         self.save()
 
