@@ -221,8 +221,8 @@ def _read_metadata(p: Path) -> dict[str, str]:
             header_len = int.from_bytes(fh.read(8), "little")
             if header_len > MAX_HEADER_BYTES:
                 raise CaptureFormatError(
-                    f"capture {p} has a {header_len}-byte header, more than the "
-                    f"{MAX_HEADER_BYTES} bytes a capture may have"
+                    f"capture {p} is not a readable safetensors file (its header would be "
+                    f"{header_len} bytes, more than the {MAX_HEADER_BYTES} a capture may have)"
                 )
             header = json.loads(fh.read(header_len))
     except (OSError, ValueError, UnicodeDecodeError) as exc:

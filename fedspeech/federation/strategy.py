@@ -93,8 +93,10 @@ def reply_problem(msg: Message, client_id: int) -> str | None:
     try:
         reported = reported_client_id(msg)
         metrics = msg.content.metric_records["metrics"]
-        _int(metrics["num-examples"]), float(cast(float, metrics["train-loss"]))
-        msg.content.array_records["arrays"]
+        for key in ("num-examples", "train-loss"):  # what the recorder and FedAvg read
+            float(cast(float, metrics[key]))
+        if "arrays" not in msg.content.array_records:
+            raise KeyError("arrays")
     except (KeyError, TypeError, ValueError) as exc:
         return one_line(f"malformed reply: {exc}")
     if reported != client_id:

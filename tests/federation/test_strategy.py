@@ -44,7 +44,8 @@ class FakeGrid:
     """``num_clients`` nodes with random ids; client ``c`` owns ``weights[c]``.
 
     ``faults[(client, round)]`` is ``"raise"`` (an error reply), ``"lie"`` (claims client
-    0's id), ``"hang"`` (no reply). ``arrival_seed`` shuffles the replies of every round.
+    0's id), ``"hang"`` (no reply) or ``"malformed"`` (no weights, no metrics).
+    ``arrival_seed`` shuffles the replies of every round.
     """
 
     def __init__(
@@ -80,6 +81,10 @@ class FakeGrid:
             return None
         if fault == "raise":
             return Message(Error(code=0, reason=f"boom {client}"), reply_to=msg)
+        if fault == "malformed":
+            return Message(
+                RecordDict({"client": ConfigRecord({"client-id": client})}), reply_to=msg
+            )
         content = RecordDict(
             {
                 "arrays": ArrayRecord({"w": self.weights[client] * rnd}),
@@ -148,7 +153,8 @@ def test_same_clients_whatever_the_node_ids(tmp_path: Path) -> None:
 
 
 def test_failures_are_counted_and_left_out(tmp_path: Path) -> None:
-    grid = FakeGrid(5, faults={(1, 1): "raise", (2, 1): "lie", (3, 1): "hang"})
+    faults = {(1, 1): "raise", (2, 1): "lie", (3, 1): "hang", (5, 1): "malformed"}
+    grid = FakeGrid(6, faults=faults)
     strategy, seen, calls = run(tmp_path, grid)
     ((_, clients, _, failures),) = calls
     assert [c["client_id"] for c in clients] == [0, 4]
@@ -156,6 +162,7 @@ def test_failures_are_counted_and_left_out(tmp_path: Path) -> None:
         {"client_id": 1, "error": "boom 1"},
         {"client_id": 2, "error": "client id mismatch: reply claims client 0"},
         {"client_id": 3, "error": "no reply within 5 s"},
+        {"client_id": 5, "error": "malformed reply: 'metrics'"},
     ]
     # FedAvg over the usable replies only: their example-weighted mean.
     n0, n4 = grid.examples[0], grid.examples[4]
