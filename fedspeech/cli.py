@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_audit(args)
     except FedspeechError as exc:
         print(f"fedspeech: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fedspeech: interrupted", file=sys.stderr)
         return 130

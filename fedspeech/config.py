@@ -348,6 +348,20 @@ class SimConfig:
         above=0,
         maximum=1,
     )
+    min_clients: int = setting(
+        2,
+        "fewest clients sampled per round (a round averages at least this many replies)",
+        group="federation",
+        minimum=1,
+    )
+    round_timeout: float = setting(
+        600.0,
+        "seconds the server waits for a round's replies; a client slower than this counts "
+        "as failed",
+        group="federation",
+        above=0,
+        metavar="S",
+    )
     rounds: int = setting(
         30, "federated rounds", group="federation", task_defaults={"sdd": 12}, minimum=1
     )
@@ -569,8 +583,22 @@ class SimConfig:
         return n
 
     def clients_per_round(self) -> int:
-        """How many clients Flower's FedAvg samples each round."""
-        return max(1, int(self.clients * self.fraction))
+        """How many clients the server samples each round.
+
+        ``--fraction`` of the clients, but at least ``--min-clients`` (a round of one
+        client is that client's model, not an average) and at most ``--clients``.
+
+        Examples
+        --------
+        >>> SimConfig.from_mapping({"clients": 6}).clients_per_round()  # 6 * 0.2 = 1.2
+        2
+        >>> SimConfig.from_mapping({"clients": 6, "min_clients": 1}).clients_per_round()
+        1
+        >>> SimConfig.from_mapping({"clients": 1}).clients_per_round()
+        1
+        """
+        wanted = max(self.min_clients, int(self.clients * self.fraction))
+        return min(self.clients, wanted)
 
     # ------------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:

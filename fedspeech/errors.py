@@ -1,7 +1,8 @@
 """User-facing errors.
 
-Anything raised as :class:`FedspeechError` is bad input: the CLI prints its message on one
-line and exits with code 2, without a traceback.
+Anything raised as :class:`FedspeechError` ends a command with its message on one line,
+without a traceback, and the error's ``exit_code``: 2 for bad input, 1 for a run that
+stopped on its own (:class:`RunFailed`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 class FedspeechError(Exception):
     """Bad input or configuration, reported to the user as one line (exit code 2)."""
+
+    exit_code = 2
 
 
 class DataError(FedspeechError):
@@ -19,5 +22,17 @@ class ConfigError(FedspeechError):
     """A configuration key or value is invalid."""
 
 
-class DivergedError(FedspeechError):
-    """Training diverged: a loss became NaN or infinite, so the run stops (exit code 2)."""
+class RunFailed(FedspeechError):
+    """A run that started well stopped early (every client of a round failed): exit code 1.
+
+    What the run finished is saved before this is raised (``metrics.json``, captures).
+    """
+
+    exit_code = 1
+
+
+class DivergedError(RunFailed):
+    """Training diverged: a loss became NaN or infinite, so the run stops (exit code 1).
+
+    What the run finished is saved first, with ``"diverged"`` in ``metrics.json``.
+    """

@@ -34,6 +34,32 @@ def test_fraction_outside_unit_interval(fraction: float) -> None:
         SimConfig.from_mapping({"fraction": fraction})
 
 
+@pytest.mark.parametrize(
+    ("values", "per_round"),
+    [
+        ({"clients": 6}, 2),  # 6 × 0.2 = 1.2: --min-clients 2 still averages two clients
+        ({"clients": 6, "min_clients": 1}, 1),  # asked for: one is allowed
+        ({"clients": 20}, 4),  # the fraction, when it gives more
+        ({"clients": 3, "min_clients": 5}, 3),  # never more than there are
+        ({"clients": 1}, 1),
+    ],
+)
+def test_clients_per_round(values: dict[str, int], per_round: int) -> None:
+    assert SimConfig.from_mapping(values).clients_per_round() == per_round
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("min_clients", 0, "--min-clients must be at least 1"),
+        ("round_timeout", 0.0, "--round-timeout must be positive"),
+    ],
+)
+def test_federation_bounds(key: str, value: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SimConfig.from_mapping({key: value})
+
+
 def test_wrong_type_is_named() -> None:
     with pytest.raises(ConfigError, match="clients in x.toml: expected int"):
         SimConfig.from_mapping({"clients": "many"}, "x.toml")

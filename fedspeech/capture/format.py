@@ -34,6 +34,24 @@ class CaptureFormatError(FedspeechError):
     """A capture file is missing, truncated, or not a fedspeech safetensors capture."""
 
 
+# A capture may come from an untrusted party, and the attack builds a model from its
+# metadata: sizes are bounded before anything is allocated from them.
+#: Most bytes of a safetensors header (tensor table and metadata) that are read.
+MAX_HEADER_BYTES = 100 * 2**20
+#: Most bytes of all metadata strings together.
+MAX_METADATA_BYTES = 2**20
+#: Largest value of a model keyword argument (every element, for a list); the default
+#: bounds keys not named here.
+MODEL_KWARG_LIMITS: dict[str, float] = {
+    "num_classes": 10_000,
+    "num_samples": 16_000 * 60,  # a minute at 16 kHz
+    "input_shape": 4096,
+}
+DEFAULT_KWARG_LIMIT = 1_000_000
+#: Longest string value of a model keyword argument (names such as an activation).
+MAX_KWARG_STRING = 64
+
+
 @dataclass
 class Capture:
     """One captured client reply.
@@ -160,18 +178,15 @@ def load_capture(path: str | Path) -> Capture:
     p = Path(path)
     if not p.is_file():
         raise CaptureFormatError(f"capture {p} does not exist")
+    meta = _read_metadata(p)
+    if meta.get("format") != "fedspeech-capture":
+        raise CaptureFormatError(f"capture {p} has no fedspeech capture metadata")
     try:
         tensors = load_file(str(p))
-        with open(p, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(header_len))
-        meta = header.get("__metadata__", {})
-    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CaptureFormatError(
             f"capture {p} is not a readable safetensors file ({exc})"
         ) from None
-    if meta.get("format") != "fedspeech-capture":
-        raise CaptureFormatError(f"capture {p} has no fedspeech capture metadata")
     try:
         order = json.loads(meta["param_order"])
         glob = {n: tensors[f"global/{n}"] for n in order}
@@ -185,12 +200,85 @@ def load_capture(path: str | Path) -> Capture:
             shared=shared,
             model=meta["model"],
             frontend=meta["frontend"],
-            model_kwargs=json.loads(meta["model_kwargs"]),
+            model_kwargs=check_model_kwargs(json.loads(meta["model_kwargs"]), p),
             frontend_kwargs=json.loads(meta["frontend_kwargs"]),
             training=json.loads(meta["training"]),
         )
     except (KeyError, ValueError) as exc:
         raise CaptureFormatError(f"capture {p} has incomplete metadata ({exc})") from None
+
+
+def _read_metadata(p: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, its size bounded.
+
+    Raises
+    ------
+    CaptureFormatError
+        An unreadable or oversized header, or metadata over :data:`MAX_METADATA_BYTES`.
+    """
+    try:
+        with open(p, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            if header_len > MAX_HEADER_BYTES:
+                raise CaptureFormatError(
+                    f"capture {p} is not a readable safetensors file (its header would be "
+                    f"{header_len} bytes, more than the {MAX_HEADER_BYTES} a capture may have)"
+                )
+            header = json.loads(fh.read(header_len))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CaptureFormatError(
+            f"capture {p} is not a readable safetensors file ({exc})"
+        ) from None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CaptureFormatError(f"capture {p} has malformed metadata (not a table of strings)")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    if size > MAX_METADATA_BYTES:
+        raise CaptureFormatError(
+            f"capture {p} has {size} bytes of metadata, more than the {MAX_METADATA_BYTES} "
+            "a capture may have"
+        )
+    return meta
+
+
+def check_model_kwargs(kwargs: Any, path: Path | str = "capture") -> dict[str, Any]:
+    """``kwargs`` if every model keyword argument is a bounded number, flag or short name.
+
+    Numbers (and the elements of a list of numbers, such as ``input_shape``) must be
+    finite, non-negative and at most :data:`MODEL_KWARG_LIMITS` (or
+    :data:`DEFAULT_KWARG_LIMIT`); strings at most :data:`MAX_KWARG_STRING` characters.
+
+    Raises
+    ------
+    CaptureFormatError
+        Anything else: a model built from it could exhaust memory.
+
+    Examples
+    --------
+    >>> check_model_kwargs({"num_classes": 10, "input_shape": [32, 32], "activation": "relu"})
+    {'num_classes': 10, 'input_shape': [32, 32], 'activation': 'relu'}
+    >>> check_model_kwargs({"num_classes": 10**9})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fedspeech.capture.format.CaptureFormatError: ...num_classes=1000000000 is out of range...
+    """
+    if not isinstance(kwargs, dict):
+        raise CaptureFormatError(f"{path}: model settings are not a table")
+    for key, value in kwargs.items():
+        limit = MODEL_KWARG_LIMITS.get(key, DEFAULT_KWARG_LIMIT)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, str) and not isinstance(value, list):
+                if len(item) > MAX_KWARG_STRING:
+                    raise CaptureFormatError(f"{path}: model setting {key} is too long a string")
+                continue
+            if not isinstance(item, (int, float)) or not 0 <= item <= limit:
+                raise CaptureFormatError(
+                    f"{path}: model setting {key}={value!r} is out of range (at most {int(limit)})"
+                )
+    return kwargs
 
 
 def save_truth(path: Path, truth: dict[str, Any]) -> Path:

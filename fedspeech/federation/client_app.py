@@ -3,12 +3,14 @@
 The server's train message carries the global weights and a config naming the run's data
 files and task; the client reads its own partition (``partition-id`` from the node config),
 lets the task (:data:`fedspeech.tasks.TASKS`) train or take one gradient step, and replies
-with what it shares.
+with what it shares. A query message asks the client for its partition id: the server maps
+Flower's node ids (random) to client ids with it, once, before the first round.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import torch
@@ -19,14 +21,40 @@ from fedspeech.capture import reply_steps
 from fedspeech.models import build_model
 from fedspeech.tasks import TASKS
 from fedspeech.tasks.prepare import open_features, open_partition
-from fedspeech.training import local_batches
+from fedspeech.training import local_batches, seed_torch
 
 app = ClientApp()
+
+# TEST-ONLY fault injection, not a user setting: ``FEDSPEECH_TEST_FAIL="1:2,0:3:lie"`` makes
+# client 1 raise in round 2 and client 0 claim another client's id in round 3 (the tests of
+# tests/federation/test_reproducible.py inject faults through it; Ray workers inherit it).
+TEST_FAIL_ENV = "FEDSPEECH_TEST_FAIL"
 
 
 def _get(cfg: ConfigRecord, key: str, default: Any = None) -> Any:
     # ConfigRecord values are a wide union; the server wrote scalars of known types.
     return cfg.get(key, default)
+
+
+def partition_id(context: Context) -> int:
+    """The client's id: its partition in the run's ``partition.json``."""
+    return int(context.node_config["partition-id"])
+
+
+def injected_fault(client_id: int, server_round: int) -> str | None:
+    """The fault :data:`TEST_FAIL_ENV` injects here: ``"raise"``, ``"lie"`` or None."""
+    for item in os.environ.get(TEST_FAIL_ENV, "").split(","):
+        parts = item.strip().split(":")
+        if len(parts) >= 2 and (int(parts[0]), int(parts[1])) == (client_id, server_round):
+            return parts[2] if len(parts) > 2 else "raise"
+    return None
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Reply with the client's id (the server's node-id map is built from these replies)."""
+    client = ConfigRecord({"client-id": partition_id(context)})
+    return Message(content=RecordDict({"client": client}), reply_to=msg)
 
 
 @app.train()
@@ -35,7 +63,13 @@ def train(msg: Message, context: Context) -> Message:
     # Ray workers share the machine's cores; more than one thread per client thrashes.
     torch.set_num_threads(1)
     cfg = msg.content.config_records["config"]
-    client_id = int(context.node_config["partition-id"])
+    client_id = partition_id(context)
+    seed, server_round = int(_get(cfg, "seed")), int(_get(cfg, "server-round"))
+    fault = injected_fault(client_id, server_round)
+    if fault == "raise":
+        raise RuntimeError(f"injected test fault: client {client_id}, round {server_round}")
+    # Dropout masks and other torch draws: a function of (seed, round, client) only.
+    seed_torch(seed, server_round, client_id)
     feats, labels = open_features(str(_get(cfg, "features-path")), str(_get(cfg, "labels-path")))
     indices = open_partition(str(_get(cfg, "partition-path")))[client_id]
     model = build_model(str(_get(cfg, "model")), **json.loads(str(_get(cfg, "model-kwargs"))))
@@ -44,8 +78,8 @@ def train(msg: Message, context: Context) -> Message:
     share = str(_get(cfg, "share"))
     batches = local_batches(
         indices,
-        seed=int(_get(cfg, "seed")),
-        server_round=int(_get(cfg, "server-round")),
+        seed=seed,
+        server_round=server_round,
         client_id=client_id,
         batch_size=int(_get(cfg, "batch-size")),
         epochs=int(_get(cfg, "local-epochs")),
@@ -53,13 +87,16 @@ def train(msg: Message, context: Context) -> Message:
     )
     task = TASKS.get(str(_get(cfg, "task", "kws")))
     res = task.train(model, feats, labels, batches, cfg, client_id)
+    reported = client_id
+    if fault == "lie":  # claims another client's id (client 0's; client 0 claims 1's)
+        reported = 1 if client_id == 0 else 0
     content = RecordDict(
         {
             "arrays": ArrayRecord(res.arrays),
             "metrics": MetricRecord(
                 {"num-examples": res.num_examples, "train-loss": res.loss, **res.metrics}
             ),
-            "client": ConfigRecord({"client-id": client_id}),
+            "client": ConfigRecord({"client-id": reported}),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from fedspeech.audit import audit_rounds, leakage_means
 from fedspeech.capture import reply_steps, save_truth
 from fedspeech.config import SimConfig
+from fedspeech.errors import RunFailed
 from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
 from fedspeech.report import RunRecorder
@@ -35,12 +36,17 @@ def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:
     return TASKS.get(cfg.task).model_kwargs(cfg, data)
 
 
-def build_strategy(cfg: SimConfig) -> Strategy:
-    """The inner Flower strategy named by ``cfg.strategy``."""
+def build_strategy(cfg: SimConfig, *, address_all: bool = False) -> Strategy:
+    """The Flower strategy named by ``cfg.strategy``.
+
+    On its own it samples :meth:`SimConfig.clients_per_round` nodes itself, with Python's
+    ``random``. With ``address_all`` it builds a message for every node: the capture
+    wrapper then samples the round's clients by client id and sends theirs.
+    """
     common: dict[str, Any] = {
-        "fraction_train": cfg.fraction,
+        "fraction_train": 1.0 if address_all else cfg.fraction,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": 1,
+        "min_train_nodes": cfg.clients if address_all else cfg.clients_per_round(),
         "min_evaluate_nodes": 1,
         "min_available_nodes": cfg.clients,
     }
@@ -138,7 +144,9 @@ def run_server(
     baseline of ``benchmarks/bench_federation.py``); it needs ``share="update"``.
     """
     task = TASKS.get(cfg.task)
-    random.seed(cfg.seed)  # Flower samples clients with the ``random`` module
+    # The capture wrapper samples clients itself; Flower's own sampling (``plain``) uses
+    # the ``random`` module.
+    random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(1)
     kwargs = model_kwargs(cfg, data)
@@ -148,7 +156,7 @@ def run_server(
     test_y = labels[data.test_indices]
 
     strategy: Strategy = HonestButCuriousStrategy(
-        build_strategy(cfg),
+        build_strategy(cfg, address_all=True),
         share=cfg.share,
         lr=cfg.lr,
         run_dir=data.run_dir,
@@ -160,6 +168,8 @@ def run_server(
             "frontend_kwargs": {},
             "training": training_meta(cfg),
         },
+        num_clients=cfg.clients,
+        clients_per_round=cfg.clients_per_round(),
         truth_writer=make_truth_writer(cfg, data),
         on_round=recorder.client_round,
         seed=cfg.seed,
@@ -194,6 +204,7 @@ def run_server(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=cfg.rounds,
+            timeout=cfg.round_timeout,
             train_config=train_config(cfg, data),
             evaluate_fn=evaluate_fn,
         )
@@ -228,3 +239,30 @@ def main(grid: Grid, context: Context) -> None:
     run_server(grid, cfg, data, recorder)
     recorder.plot()
     recorder.plot_eer()
+    failed = stopped_early(recorder)
+    if failed is not None:
+        raise RunFailed(failed)
+
+
+def stopped_early(recorder: RunRecorder) -> str | None:
+    """Why the run stopped before its last round, or None.
+
+    One line: the diverged loss (round, which loss, its value), or the round in which every
+    sampled client failed, how many and the first error.
+    """
+    if recorder.diverged is not None:
+        d = recorder.diverged
+        return (
+            f"training diverged in round {d['round']}: {d['metric']} is {d['value']} "
+            f"(a smaller --lr may help); the run stopped, its results so far are in "
+            f"{recorder.run_dir}"
+        )
+    if not recorder.rounds or not recorder.rounds[-1].get("all_failed"):
+        return None
+    last = recorder.rounds[-1]
+    first = last["failures"][0]
+    return (
+        f"round {last['round']}: all {len(last['failures'])} sampled clients failed "
+        f"(client {first['client_id']}: {first['error']}); the run stopped, its results so "
+        f"far are in {recorder.run_dir}"
+    )

@@ -12,6 +12,7 @@ from typing import Any
 from fedspeech.audit import audit_rounds
 from fedspeech.cluster import check_reachable
 from fedspeech.config import SimConfig
+from fedspeech.errors import RunFailed
 from fedspeech.fileio import atomic_write_text
 from fedspeech.report import RunRecorder
 from fedspeech.tasks import RunData, prepare_run
@@ -41,7 +42,9 @@ def simulate(
 
     ``plain=True`` skips the capture wrapper (Flower's strategy alone), for benchmarks.
     Bad input (unknown names, missing data, impossible partitions) raises
-    :class:`fedspeech.errors.FedspeechError` before Ray starts.
+    :class:`fedspeech.errors.FedspeechError` before Ray starts. A round in which every
+    sampled client failed stops the run: :class:`fedspeech.errors.RunFailed` (exit code 1)
+    is raised once ``metrics.json``, the plots and the captures are saved.
     """
     t0 = time.perf_counter()
     if cfg.ray_address:
@@ -62,7 +65,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedspeech.federation.client_app import app as client_app
-    from fedspeech.federation.server_app import make_server_app
+    from fedspeech.federation.server_app import make_server_app, stopped_early
 
     _quiet_flower()
     # Ray workers inherit the environment; one BLAS thread per client process.
@@ -75,12 +78,15 @@ def simulate(
         num_supernodes=cfg.clients,
         backend_config=backend_config(cfg),  # type: ignore[arg-type]
     )
+    failed = stopped_early(recorder)
     if cfg.audit and not plain and recorder.rounds:
         # Every capture is audited already; this only summarises all rounds together.
         audit_rounds(cfg, run_dir, None)
     recorder.save()
     recorder.plot()
     recorder.plot_eer()
+    if failed is not None:
+        raise RunFailed(failed)  # after saving: metrics.json and captures are complete
     if cfg.progress:
         print(recorder.summary_table(), file=stream)
         final = recorder.as_dict()["final"]

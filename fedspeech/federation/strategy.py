@@ -1,14 +1,23 @@
 """The honest-but-curious server: a strategy wrapper that keeps what clients send.
 
-It follows the protocol exactly (an inner Flower strategy does the real aggregation) and,
-on the side, writes the chosen clients' replies, byte for byte as received, with the global
-weights they were computed from. With ``share="gradient"`` it also turns each gradient
-``g`` into the weights ``w − lr·g`` before the inner strategy sees it, so FedAvg over them is
-FedSGD and FedAdam/FedProx work unchanged.
+It follows the protocol exactly (an inner Flower strategy builds the messages and does the
+real aggregation) and, on the side, writes the chosen clients' replies, byte for byte as
+received, with the global weights they were computed from. With ``share="gradient"`` it
+also turns each gradient ``g`` into the weights ``w − lr·g`` before the inner strategy sees
+it, so FedAvg over them is FedSGD and FedAdam/FedProx work unchanged.
+
+So that a run repeats exactly, the wrapper, not the inner strategy, chooses who trains: it
+maps Flower's random node ids to client ids once (:mod:`fedspeech.federation.nodes`),
+samples client ids with a generator seeded by ``(seed, round)``, and hands the inner
+strategy the replies sorted by client id rather than in order of arrival. Replies that fail
+(an error, no answer within the round's timeout, a malformed reply, a client claiming
+another's id) are left out of the aggregate and reported; after a round in which every
+sampled client failed the run stops.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,16 +27,86 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from fedspeech.capture import Capture, capture_name, save_capture
+from fedspeech.errors import DivergedError
+from fedspeech.federation.nodes import NodeMap, query_client_ids, reported_client_id
 from fedspeech.training import apply_gradient
 
 TruthWriter = Callable[[int, int, Path], None]
+#: ``on_round(round, clients, seconds, failures)``: per-client results and failures.
+RoundCallback = Callable[[int, list[dict[str, Any]], float, list[dict[str, Any]]], None]
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+# Longest error message kept per failed client (metrics.json, the terminal).
+_MAX_ERROR = 300
 
 
 def _int(value: object) -> int:
     return int(cast(int, value))
+
+
+def sample_clients(seed: int, server_round: int, num_clients: int, count: int) -> list[int]:
+    """The clients that train in ``server_round``: ``count`` of ``0 .. num_clients - 1``.
+
+    A pure function of its arguments (sorted), so the same seed gives the same clients in
+    every round whatever node ids Flower drew.
+
+    Examples
+    --------
+    >>> sample_clients(0, 1, 6, 2) == sample_clients(0, 1, 6, 2)
+    True
+    >>> sample_clients(0, 1, 3, 3)
+    [0, 1, 2]
+    """
+    rng = np.random.default_rng([seed, server_round, 11])
+    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
+
+
+def one_line(reason: str) -> str:
+    """An error message on one line, without Flower's exception wrapper, shortened.
+
+    Examples
+    --------
+    >>> one_line("<class 'X'>:<'\\nException ClientAppException occurred. Message: boom'>")
+    'boom'
+    """
+    text = " ".join(reason.split())
+    wrapped = re.search(r"Exception ClientAppException occurred\. Message: (.*)'>$", text)
+    if wrapped:
+        text = wrapped.group(1)
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+def reply_problem(msg: Message, client_id: int) -> str | None:
+    """Why a training reply from ``client_id``'s node cannot be used; None if it can.
+
+    Parameters
+    ----------
+    msg : Message
+        The reply.
+    client_id : int
+        The client the server sent the message to (by its node map).
+    """
+    if msg.has_error():
+        return one_line(msg.error.reason or f"error code {msg.error.code}")
+    try:
+        reported = reported_client_id(msg)
+        metrics = msg.content.metric_records["metrics"]
+        for key in ("num-examples", "train-loss"):  # what the recorder and FedAvg read
+            float(cast(float, metrics[key]))
+        if "arrays" not in msg.content.array_records:
+            raise KeyError("arrays")
+    except (KeyError, TypeError, ValueError) as exc:
+        return one_line(f"malformed reply: {exc}")
+    if reported != client_id:
+        return f"client id mismatch: reply claims client {reported}"
+    return None
+
+
+class _AllClientsFailed(Exception):
+    """Ends Flower's round loop after a round that had no usable reply."""
 
 
 class HonestButCuriousStrategy(Strategy):
@@ -36,7 +115,9 @@ class HonestButCuriousStrategy(Strategy):
     Parameters
     ----------
     inner : Strategy
-        Flower strategy that aggregates (FedAvg, FedProx, FedAdam, ...).
+        Flower strategy that builds the train messages and aggregates (FedAvg, FedProx,
+        FedAdam, ...). It must address every node (``fraction_train=1``): this wrapper
+        keeps the messages of the round's sampled clients.
     share : str
         ``"update"`` (clients send trained weights) or ``"gradient"`` (one step's gradient).
     lr : float
@@ -47,12 +128,17 @@ class HonestButCuriousStrategy(Strategy):
         Clients captured per round; ``None`` captures all, 0 none.
     capture_meta : dict
         Model/front-end names and settings stored in every capture.
+    num_clients : int
+        Clients of the run (client ids ``0 .. num_clients - 1``).
+    clients_per_round : int
+        Clients sampled per round.
     truth_writer : callable, optional
         ``truth_writer(round, client_id, path)`` writes the ground truth of a capture.
     on_round : callable, optional
-        ``on_round(round, clients, seconds)`` after aggregation, with per-client metrics.
+        ``on_round(round, clients, seconds, failures)`` after aggregation: per-client
+        metrics of the usable replies and ``{"client_id", "error"}`` of the failed ones.
     seed : int
-        Seeds the choice of captured clients.
+        Seeds the sampling of clients and the choice of captured clients.
     """
 
     def __init__(
@@ -64,8 +150,10 @@ class HonestButCuriousStrategy(Strategy):
         run_dir: Path,
         capture_count: int | None,
         capture_meta: dict[str, Any],
+        num_clients: int,
+        clients_per_round: int,
         truth_writer: TruthWriter | None = None,
-        on_round: Callable[[int, list[dict[str, Any]], float], None] | None = None,
+        on_round: RoundCallback | None = None,
         seed: int = 0,
     ) -> None:
         self.inner = inner
@@ -74,9 +162,17 @@ class HonestButCuriousStrategy(Strategy):
         self.run_dir = Path(run_dir)
         self.capture_count = capture_count
         self.capture_meta = capture_meta
+        self.num_clients = num_clients
+        self.clients_per_round = clients_per_round
         self.truth_writer = truth_writer
         self.on_round = on_round
         self.seed = seed
+        #: The round after which the run stopped, every sampled client having failed.
+        self.failed_round: int | None = None
+        self.nodes = NodeMap(node_of={})
+        self._timeout = 0.0
+        self._sampled: list[int] = []
+        self._sent: dict[int, int] = {}  # node id -> client id, this round
         self._global: ArrayRecord | None = None
         self._global_torch: dict[str, Any] | None = None
         self._round_start = 0.0
@@ -85,26 +181,89 @@ class HonestButCuriousStrategy(Strategy):
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture")
         self._pending: list[Future[Path]] = []
 
-    # The protocol is the inner strategy's; only train replies are looked at.
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Map nodes to clients, then run Flower's rounds (:meth:`Strategy.start`).
+
+        ``timeout`` bounds the id query and every round's wait for replies. After a round
+        in which every sampled client failed, the round is evaluated (``evaluate_fn``) and
+        the run stops: :attr:`failed_round` says which round, and the result is empty
+        (what the rounds gave is in the recorder).
+        """
+        self._timeout = timeout
+        self.nodes = query_client_ids(grid, self.num_clients, timeout)
+        try:
+            return super().start(
+                grid,
+                initial_arrays,
+                num_rounds=num_rounds,
+                timeout=timeout,
+                train_config=train_config,
+                evaluate_config=evaluate_config,
+                evaluate_fn=self._stop_after_failed_round(evaluate_fn),
+            )
+        except (_AllClientsFailed, DivergedError):
+            # Diverged: the recorder saved metrics.json with "diverged" before raising.
+            return Result()
+
+    def _stop_after_failed_round(self, evaluate_fn: EvaluateFn | None) -> EvaluateFn:
+        # Flower's round loop has no way out but an exception; it is raised after the
+        # failed round was evaluated (and so recorded).
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            result = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
+            if server_round == self.failed_round:
+                raise _AllClientsFailed
+            return result
+
+        return evaluate
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global weights sent this round, then let ``inner`` sample."""
+        """Sample the round's clients; send them the message ``inner`` builds.
+
+        The inner strategy builds one message per node (FedProx adds its ``proximal-mu``
+        to the config, FedAdam remembers the weights it sent); the sampled clients' ones
+        are sent, in client-id order.
+        """
         self._round_start = time.perf_counter()
         self._global = arrays
         self._global_torch = None
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        self._sampled = sample_clients(
+            self.seed, server_round, self.num_clients, self.clients_per_round
+        )
+        by_node = {
+            m.metadata.dst_node_id: m
+            for m in self.inner.configure_train(server_round, arrays, config, grid)
+        }
+        send = [
+            (self.nodes.node_of[c], c)
+            for c in self._sampled
+            if self.nodes.node_of.get(c) in by_node
+        ]
+        self._sent = {node: client for node, client in send}
+        return [by_node[node] for node, _ in send]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Capture the chosen replies, convert gradients, and delegate aggregation."""
-        replies = list(replies)
-        ok = [m for m in replies if not m.has_error()]
-        ids = [_int(m.content.config_records["client"]["client-id"]) for m in ok]
-        chosen = self._choose(server_round, ids)
+        """Screen and sort the replies, capture the chosen ones, and delegate aggregation.
+
+        Only usable replies reach the inner strategy, in client-id order, so its sums do
+        not depend on the order of arrival.
+        """
+        accepted, failures = self._screen(list(replies))
+        chosen = self._choose(server_round, [cid for cid, _ in accepted])
         clients: list[dict[str, Any]] = []
-        for msg, cid in zip(ok, ids, strict=True):
+        for cid, msg in accepted:
             metrics = msg.content.metric_records["metrics"]
             info = {
                 "client_id": cid,
@@ -119,14 +278,51 @@ class HonestButCuriousStrategy(Strategy):
                 self._capture(server_round, cid, msg)
         if self.share == "gradient" and self._global is not None:
             glob = self._global_state()
-            for msg in ok:
+            for _, msg in accepted:
                 grads = msg.content.array_records["arrays"].to_torch_state_dict()
                 msg.content["arrays"] = ArrayRecord(apply_gradient(glob, grads, self.lr))
-        result = self.inner.aggregate_train(server_round, replies)
+        result = self.inner.aggregate_train(server_round, [msg for _, msg in accepted])
+        if not accepted:
+            self.failed_round = server_round
         if self.on_round is not None:
-            clients.sort(key=lambda c: c["client_id"])
-            self.on_round(server_round, clients, time.perf_counter() - self._round_start)
+            seconds = time.perf_counter() - self._round_start
+            self.on_round(server_round, clients, seconds, failures)
         return result
+
+    def _screen(
+        self, replies: list[Message]
+    ) -> tuple[list[tuple[int, Message]], list[dict[str, Any]]]:
+        """Usable replies as ``(client id, reply)`` and failures, both by client id.
+
+        Every sampled client is in one of the two: a client without a node, or whose node
+        did not answer within the timeout, is a failure too.
+        """
+        accepted: list[tuple[int, Message]] = []
+        failures: list[dict[str, Any]] = []
+        answered: set[int] = set()
+        for msg in replies:
+            # The server's own id for the sender, never the one the reply states.
+            cid = self._sent.get(msg.metadata.src_node_id)
+            if cid is None:
+                continue  # not from a node this round's messages went to
+            answered.add(cid)
+            problem = reply_problem(msg, cid)
+            if problem is None:
+                accepted.append((cid, msg))
+            else:
+                failures.append({"client_id": cid, "error": problem})
+        sent = set(self._sent.values())
+        for cid in self._sampled:
+            if cid in answered:
+                continue
+            if cid in sent:
+                error = f"no reply within {self._timeout:g} s"
+            else:
+                error = self.nodes.unmapped.get(cid, "no node for this client")
+            failures.append({"client_id": cid, "error": error})
+        accepted.sort(key=lambda item: item[0])
+        failures.sort(key=lambda f: int(f["client_id"]))
+        return accepted, failures
 
     def flush(self) -> None:
         """Wait until every capture of the run is on disk (re-raising a failed write)."""

@@ -11,6 +11,10 @@ A diverged run (a NaN or infinite evaluation loss, or mean client training loss)
 recorded under ``diverged`` in ``metrics.json`` and stopped with
 :class:`~fedspeech.errors.DivergedError`: every later round would only be NaN too. The
 file is strict JSON: non-finite numbers are written as ``null``.
+
+Every round lists its ``failures`` (``{"client_id", "error"}`` of each sampled client whose
+reply was not used); a round in which every sampled client failed is marked
+``"all_failed": true``.
 """
 
 from __future__ import annotations
@@ -55,16 +59,27 @@ class RunRecorder:
         self.diverged: dict[str, Any] | None = None
 
     def client_round(
-        self, server_round: int, clients: list[dict[str, Any]], seconds: float
+        self,
+        server_round: int,
+        clients: list[dict[str, Any]],
+        seconds: float,
+        failures: list[dict[str, Any]] | None = None,
     ) -> None:
         """Per-client results of a round's training, before evaluation.
+
+        ``failures`` holds ``{"client_id", "error"}`` of the sampled clients whose replies
+        were not used (an error, no reply in time, a wrong client id).
 
         Raises
         ------
         DivergedError
             The mean ``train_loss`` of the clients is NaN or infinite.
         """
-        self._pending[server_round] = {"clients": clients, "train_seconds": seconds}
+        self._pending[server_round] = {
+            "clients": clients,
+            "train_seconds": seconds,
+            "failures": list(failures or []),
+        }
         losses = [float(c["train_loss"]) for c in clients if "train_loss" in c]
         if losses:
             # A plain sum: one NaN or infinite loss makes the mean non-finite (fsum would
@@ -112,12 +127,17 @@ class RunRecorder:
             shown += f"  conflict_rate {entry['conflict_rate']:.3f}"
         entry["seconds"] = round(seconds, 3)
         entry["clients"] = pending["clients"]
+        failures = pending.get("failures", [])
+        entry["failures"] = failures
+        if failures and not pending["clients"]:
+            entry["all_failed"] = True
         self.rounds.append(entry)
         captured = sum(1 for c in pending["clients"] if c.get("captured"))
+        failed = f"  failed {len(failures)}" if failures else ""
         self._say(
             f"round {server_round}/{self.rounds_planned}  accuracy {accuracy:.3f}  "
-            f"loss {loss:.3f}{shown}  clients {len(pending['clients'])}  captured {captured}  "
-            f"{seconds:.1f} s"
+            f"loss {loss:.3f}{shown}  clients {len(pending['clients'])}{failed}  "
+            f"captured {captured}  {seconds:.1f} s"
         )
         self.save()
         self._check_finite(server_round, "evaluation loss", loss)

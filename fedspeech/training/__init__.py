@@ -10,6 +10,7 @@ from fedspeech.training.local import (
     local_batches,
     loss_and_accuracy,
     predict,
+    seed_torch,
     train_local,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "predict",
     "gradient_and_loss",
     "local_batches",
+    "seed_torch",
     "train_local",
 ]
 # Dual-path alignment (fedspeech.training.dual_path, .aligners), RoGA

@@ -66,6 +66,17 @@ def local_batches(
     return batches
 
 
+def seed_torch(seed: int, server_round: int, client_id: int) -> None:
+    """Seed torch's global generator from ``(seed, round, client)``.
+
+    A client's random draws inside torch (dropout masks, random initialisations) then
+    depend on who trains in which round only, not on what the worker process ran before,
+    so a run repeats exactly whichever Ray worker picks up which client.
+    """
+    state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)
+    torch.manual_seed(int(state[0]))
+
+
 @dataclass
 class LocalResult:
     """What local training reports back."""

@@ -65,3 +65,39 @@ def test_safetensors_without_metadata(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(CaptureFormatError, match="no fedspeech capture metadata"):
         load_capture(path)
+
+
+def test_oversized_metadata_is_refused(tmp_path: Path) -> None:
+    cap = make_capture()
+    cap.training = {"note": "x" * (2**20 + 1)}
+    path = save_capture(cap, tmp_path / "c.safetensors")
+    with pytest.raises(CaptureFormatError, match="bytes of metadata, more than"):
+        load_capture(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_classes": 10**9},  # the attack would allocate a 10⁹-row output layer
+        {"num_samples": 16_000 * 3600},
+        {"num_classes": 10, "input_shape": [32, 100_000]},
+        {"num_classes": -1},
+        {"num_classes": float("nan")},
+        {"num_classes": {"nested": 1}},
+        {"activation": "x" * 1000},
+    ],
+)
+def test_unbounded_model_settings_are_refused(tmp_path: Path, kwargs: dict[str, object]) -> None:
+    cap = make_capture()
+    cap.model_kwargs = kwargs
+    path = save_capture(cap, tmp_path / "c.safetensors")
+    with pytest.raises(CaptureFormatError, match="model setting"):
+        load_capture(path)
+
+
+def test_bounded_model_settings_load(tmp_path: Path) -> None:
+    cap = make_capture()
+    cap.model_kwargs = {"num_classes": 10, "input_shape": [32, 32], "activation": "relu"}
+    cap.model_kwargs.update({"num_samples": 64_000, "dropout": False})
+    back = load_capture(save_capture(cap, tmp_path / "c.safetensors"))
+    assert back.model_kwargs == cap.model_kwargs

@@ -9,13 +9,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from torch import nn
 
@@ -23,7 +21,7 @@ from fedspeech.augment import build_augmentation
 from fedspeech.capture import load_capture, load_truth
 from fedspeech.config import SimConfig, read_toml, settings_of, task_defaults, task_only_keys
 from fedspeech.data.corpus import SAMPLE_RATE
-from fedspeech.data.spoof import SpoofCorpus, build_spoof_corpus
+from fedspeech.data.spoof import SpoofCorpus
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.models import build_model
 from fedspeech.tasks import check_config
@@ -443,26 +441,6 @@ def test_eval_subsets_split_seen_and_unseen() -> None:
 
 
 # --- a tiny federated run ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_spoof_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """6 speakers × 2 utterances of crude voiced sound, with the default attacks."""
-    bona = tmp_path_factory.mktemp("bona")
-    rng = np.random.default_rng(0)
-    t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
-    for s in range(6):
-        for u in range(2):
-            f0 = rng.uniform(90, 220)
-            x = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 10))
-            y = 0.2 * np.asarray(x) + 0.003 * rng.standard_normal(t.shape)
-            path = bona / f"spk{s}" / f"utt{u}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, y.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEDSPEECH_CACHE", str(cache))
-        yield build_spoof_corpus(bona, progress=False, workers=1)
 
 
 @pytest.mark.slow
