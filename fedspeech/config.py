@@ -84,7 +84,8 @@ def setting(
     default
         The default (of the first task, ``kws``, where ``task_defaults`` overrides it).
     help : str
-        One line for ``--help``.
+        One line for ``--help``. For a switch that is on by default, it describes the
+        ``flag`` that turns it off (``--no-dropout``, ``--quiet``).
     group : str
         A key of :data:`GROUPS`.
     tasks : sequence of str, optional
@@ -495,7 +496,7 @@ class SimConfig:
         group="output",
     )
     progress: bool = setting(
-        True, "progress bars and one line per round (--quiet: none)", group="output", flag="--quiet"
+        True, "no progress output (bars, the line per round)", group="output", flag="--quiet"
     )
     # Keys set explicitly (by a file, flags or a mapping); not a setting itself.
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
