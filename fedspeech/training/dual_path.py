@@ -213,7 +213,7 @@ def train_dual_path(
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
-    optimizer: str = "adam",
+    optimizer: str,
     aligner_kwargs: dict[str, object] | None = None,
     loss_fn: LossFn = F.cross_entropy,
     paths: Paths = "separate",

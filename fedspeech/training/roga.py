@@ -341,7 +341,7 @@ def train_roga(
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
-    optimizer: str = "adam",
+    optimizer: str,
     rho: float,
     alpha: float,
     mode: Mode = "fd",

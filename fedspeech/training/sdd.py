@@ -217,7 +217,7 @@ def train_sdd(
     augment: str | Augmentation,
     alignment: str,
     lr: float,
-    optimizer: str = "adam",
+    optimizer: str,
     seed: int | Sequence[int] = 0,
     roga_rho: float | None = None,
     roga_alpha: float | None = None,

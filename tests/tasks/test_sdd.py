@@ -184,6 +184,7 @@ def test_train_sdd_updates_and_is_reproducible(alignment: str) -> None:
             seed=(0, 1, 2),
             roga_rho=0.1,
             roga_alpha=2e-4,
+            optimizer="adam",
         )
         assert res.steps == 2 and res.num_examples == 12
         assert math.isfinite(res.loss) and -1.0 <= res.mean_cosine <= 1.0
@@ -240,7 +241,7 @@ def _train(model: nn.Module, waves: np.ndarray, labels: np.ndarray, **kw: Any) -
     batches = [np.arange(0, 6), np.arange(6, 12)]
     return train_sdd(
         model, waves, labels, batches, augment="rawboost:3", alignment="roga", lr=1e-3,
-        seed=(0, 1, 2), roga_rho=0.1, roga_alpha=2e-4, **kw,
+        optimizer="adam", seed=(0, 1, 2), roga_rho=0.1, roga_alpha=2e-4, **kw,
     )  # fmt: skip
 
 
@@ -305,7 +306,7 @@ def test_train_sdd_refuses_domains_of_another_length() -> None:
     with pytest.raises(ValueError, match="roga_domains"):
         train_sdd(
             _fresh_model(), waves, labels, [np.arange(6)], augment="rawboost:3",
-            alignment="roga", lr=1e-3, roga_rho=0.1, roga_alpha=2e-4,
+            alignment="roga", lr=1e-3, optimizer="adam", roga_rho=0.1, roga_alpha=2e-4,
             roga_domains=np.zeros(5, dtype=np.int64),
         )  # fmt: skip
 

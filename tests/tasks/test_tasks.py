@@ -108,6 +108,7 @@ def test_local_trainers_are_the_aligners_and_roga() -> None:
             augment="rawboost:3",
             alignment="mgda",
             lr=1e-3,
+            optimizer="adam",
         )
 
 

@@ -157,7 +157,14 @@ def test_train_dual_path_learns_a_toy_task(alignment: str) -> None:
     batches = [np.sort(rng.choice(len(labels), 16, replace=False)) for _ in range(30)]
     torch.manual_seed(0)
     result = train_dual_path(
-        model, waves, labels, batches, augment=_noise, alignment=alignment, lr=0.01
+        model,
+        waves,
+        labels,
+        batches,
+        augment=_noise,
+        alignment=alignment,
+        lr=0.01,
+        optimizer="adam",
     )
     with torch.no_grad():
         end = float(F.cross_entropy(model(x), y))

@@ -185,6 +185,7 @@ def test_train_roga_reduces_the_loss(mode: str) -> None:
         model, x, labels, domains, batches, lr=0.01, rho=0.1, alpha=2e-4,
         mode=mode,  # type: ignore[arg-type]
         augment=lambda t: t + 0.05 * torch.randn_like(t),
+        optimizer="adam",
     )  # fmt: skip
     with torch.no_grad():
         end = float(F.cross_entropy(model(xt), yt))
