@@ -7,8 +7,9 @@ its own). The driver then waits for the server thread to leave its round, writes
 capture already received (with its truth), removes the temporary files of atomic writes,
 saves ``metrics.json`` with ``"interrupted": true`` and raises
 :class:`~fedspeech.errors.Interrupted` (exit code 130 or 143). Ray's ``init`` replaces the
-driver's SIGTERM handler with one calling ``sys.exit(15)``; that ``SystemExit`` is handled
-the same way. Further signals are ignored while the run is saved.
+driver's SIGTERM handler with one calling ``sys.exit(15)``: it is kept from doing so while
+the simulation runs (a ``SystemExit(15)`` is still handled as SIGTERM). Further signals are
+ignored while the run is saved.
 
 ``--resume RUN_DIR`` continues such a run from the global model saved after its last
 completed round (:mod:`fedspeech.federation.checkpoint`).
@@ -139,12 +140,13 @@ def _simulate(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(
-        server_app=make_server_app(cfg, data, recorder, plain=plain, control=control),
-        client_app=client_app,
-        num_supernodes=cfg.clients,
-        backend_config=backend_config(cfg),  # type: ignore[arg-type]
-    )
+    with _ray_keeps_our_sigterm_handler():
+        run_simulation(
+            server_app=make_server_app(cfg, data, recorder, plain=plain, control=control),
+            client_app=client_app,
+            num_supernodes=cfg.clients,
+            backend_config=backend_config(cfg),  # type: ignore[arg-type]
+        )
     failed = stopped_early(recorder)
     if cfg.audit and not plain and recorder.rounds:
         # Every capture is audited already; this only summarises all rounds together.
@@ -230,6 +232,31 @@ def _signal_handlers(stop: threading.Event) -> Iterator[_Signals]:
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def _ray_keeps_our_sigterm_handler() -> Iterator[None]:
+    """Keep Ray's ``init`` from replacing the SIGTERM handler with ``sys.exit(15)``.
+
+    Ray's handler would end the main thread without setting the server's stop event, so
+    the server thread could record the round that Ray's shutdown fails as a round of failed
+    clients. Ours stops the server first; Ray is shut down all the same. Should Ray's
+    internals change, its handler's ``SystemExit(15)`` is still handled as SIGTERM.
+    """
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:  # pragma: no cover - Ray is a dependency of Flower's simulation
+        yield
+        return
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    setattr(ray_utils, "set_sigterm_handler", lambda handler: None)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(ray_utils, "set_sigterm_handler", original)  # noqa: B010
 
 
 def _interrupted(

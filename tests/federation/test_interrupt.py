@@ -35,7 +35,7 @@ from tests.helpers import leftover_processes
 
 TINY = ["--synth-speakers", "12", "--synth-takes", "1", "--clients", "3", "--fraction", "1"]
 # Rounds of a fraction of a second each: the signal comes while rounds remain.
-RUN = [*TINY, "--rounds", "10", "--local-epochs", "2", "--capture-clients", "all"]
+RUN = [*TINY, "--rounds", "6", "--local-epochs", "2", "--capture-clients", "all"]
 
 
 # --------------------------------------------------------------------------- unit tests
@@ -220,7 +220,7 @@ def test_ctrl_c_keeps_the_captures_and_resume_finishes_the_run(
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["interrupted"] is True
     done = [r["round"] for r in metrics["rounds"]]
-    assert done and done == list(range(1, len(done) + 1)) and len(done) < 10
+    assert done and done == list(range(1, len(done) + 1)) and len(done) < 6
     _assert_complete_pairs(run)
     assert not leftover_processes(marker), "the interrupted run left processes behind"
 
