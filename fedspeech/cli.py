@@ -24,7 +24,7 @@ from fedspeech.audit import AUDIT_DIR, AuditSettings, audit_run, summary_table
 from fedspeech.audit.settings import GROUPS as AUDIT_GROUPS
 from fedspeech.config import GROUPS, SettingInfo, SimConfig, read_toml, settings_of
 from fedspeech.data.synth import synthesize_corpus
-from fedspeech.errors import ConfigError, FedspeechError
+from fedspeech.errors import ConfigError, FedspeechError, Interrupted
 
 # Imported here, not lazily: ``--help`` lists the names behind each registry.
 from fedspeech.tasks.registries import known_names
@@ -252,13 +252,49 @@ def _run_synth(args: argparse.Namespace) -> None:
 
 
 def sim_config(args: argparse.Namespace) -> SimConfig:
-    """The configuration of ``simulate``: defaults, then ``--config``, then flags."""
+    """The configuration of ``simulate``: defaults, then ``--config``, then flags.
+
+    With ``--resume RUN_DIR``: the run's own ``RUN_DIR/config.toml`` (only ``--quiet`` may
+    be added).
+    """
+    if args.resume is not None:
+        return resume_config(args)
     cfg = SimConfig()
     if args.config:
         cfg = cfg.updated(read_toml(args.config), args.config)
     flags = settings_from_args(args, SimConfig)
     progress = flags.pop("progress", None)
     cfg = cfg.updated(flags, "the command line")
+    if progress is not None:
+        cfg = cfg.updated({"progress": progress})
+    return cfg
+
+
+def resume_config(args: argparse.Namespace) -> SimConfig:
+    """The settings of the run ``--resume`` continues: its ``config.toml``.
+
+    Raises
+    ------
+    FedspeechError
+        Other flags were given (but ``--quiet``), or the folder is not a run folder.
+    """
+    run_dir = Path(args.resume)
+    flags = settings_from_args(args, SimConfig)
+    progress = flags.pop("progress", None)
+    flags.pop("resume")
+    infos = {info.name: info for info in settings_of(SimConfig)}
+    given = [infos[name].flag for name in flags] + (["--config"] if args.config else [])
+    if given:
+        raise ConfigError(
+            f"--resume takes the run's settings from {run_dir / 'config.toml'}; no other "
+            f"flags but --quiet (got {', '.join(given)})"
+        )
+    if not run_dir.is_dir():
+        raise FedspeechError(f"--resume {run_dir}: no such run folder")
+    if not (run_dir / "config.toml").is_file():
+        raise FedspeechError(f"--resume {run_dir}: no config.toml, not a run folder")
+    cfg = SimConfig.from_toml(run_dir / "config.toml")
+    cfg = cfg.updated({"resume": str(run_dir), "out": str(run_dir)}, "--resume")
     if progress is not None:
         cfg = cfg.updated({"progress": progress})
     return cfg
@@ -282,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedspeechError as exc:
         print(f"fedspeech: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:
+        # Raised once the run's captures and metrics.json are saved.
+        print(f"fedspeech: interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fedspeech: interrupted", file=sys.stderr)
         return 130
@@ -293,7 +333,9 @@ def run() -> NoReturn:
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Ray and Flower can leave non-daemon threads behind; do not wait for them.
+    # Ray and Flower can leave non-daemon threads behind; do not wait for them. Everything
+    # a run writes is on disk by now: simulate() waits for the capture writer before it
+    # returns or raises, interrupted or not.
     os._exit(code)
 
 

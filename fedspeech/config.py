@@ -45,7 +45,7 @@ SEED_MAX = 2**32 - 1
 
 # Settings about one invocation, not the run: left out of a run's config.toml, so that a
 # config.toml fed back with --config never replaces a run unasked.
-_NOT_RECORDED = ("overwrite",)
+_NOT_RECORDED = ("overwrite", "resume")
 
 #: Help groups of ``fedspeech simulate --help``, in display order.
 GROUPS: dict[str, str] = {
@@ -494,6 +494,13 @@ class SimConfig:
         False,
         "replace the run already in --out (its captures, truth, audit, data, metrics, plots)",
         group="output",
+    )
+    resume: str | None = setting(
+        None,
+        "continue the interrupted run in RUN_DIR from its last completed round (its "
+        "config.toml gives the settings; no other flags but --quiet)",
+        group="output",
+        metavar="RUN_DIR",
     )
     progress: bool = setting(
         True, "no progress output (bars, the line per round)", group="output", flag="--quiet"

@@ -2,7 +2,8 @@
 
 Anything raised as :class:`FedspeechError` ends a command with its message on one line,
 without a traceback, and the error's ``exit_code``: 2 for bad input, 1 for a run that
-stopped on its own (:class:`RunFailed`).
+stopped on its own (:class:`RunFailed`). A run stopped by SIGINT or SIGTERM raises
+:class:`Interrupted` (exit code 130 or 143) once what it received is saved.
 """
 
 from __future__ import annotations
@@ -36,3 +37,15 @@ class DivergedError(RunFailed):
 
     What the run finished is saved first, with ``"diverged"`` in ``metrics.json``.
     """
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal (SIGINT: exit code 130, SIGTERM: 143), its data saved.
+
+    Not a :class:`FedspeechError`: the command reports it as ``fedspeech: interrupted ...``
+    rather than as an error.
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

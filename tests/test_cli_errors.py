@@ -53,6 +53,14 @@ SIMULATE_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["--out", "/dev/null/x"], ("cannot create run folder /dev/null/x", "not a folder")),
     (["--out", "notes.txt"], ("run folder notes.txt is a file, not a folder",)),
     (["--out", "old-run"], ("--out old-run holds a run; use --overwrite to replace it",)),
+    (["--resume", "missing"], ("--resume missing: no such run folder",)),
+    (
+        ["--resume", "old-run", "--rounds", "3"],
+        ("--resume takes the run's settings from old-run/config.toml", "(got --rounds)"),
+    ),
+    (["--resume", "old-run", "--quiet", "--seed", "1"], ("(got --seed)",)),
+    (["--resume", "old-run"], ("--resume old-run: no config.toml, not a run folder",)),
+    (["--resume", "new-run"], ("--resume new-run: no saved model",)),
 ]
 AUDIT_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["empty", "--iterations", "0"], ("--iterations must be at least 1",)),
@@ -93,6 +101,7 @@ SUBPROCESS_CASES = [
         ["simulate", "--clients", "abc"],
         ["simulate", "--out", "/dev/null/x"],
         ["simulate", "--out", "old-run"],
+        ["simulate", "--resume", "new-run"],
         ["audit", "empty", "--tv-weight", "nan"],
         ["audit", "notes.txt"],
     )
@@ -105,6 +114,7 @@ PLACEHOLDERS = {
     "empty": "an empty folder",
     "old-run": "a folder holding a run (a metrics.json)",
     "missing": "a path that does not exist",
+    "new-run": "a run interrupted before its first round ended (a config.toml, no saved model)",
 }
 
 
@@ -114,6 +124,8 @@ def make_paths(folder: Path) -> None:
     (folder / "empty").mkdir(exist_ok=True)
     (folder / "old-run").mkdir(exist_ok=True)
     (folder / "old-run" / "metrics.json").write_text('{"rounds": []}\n')
+    (folder / "new-run").mkdir(exist_ok=True)
+    (folder / "new-run" / "config.toml").write_text("[simulate]\nrounds = 2\n")
 
 
 def main_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:

@@ -23,6 +23,8 @@ from fedspeech.audit import audit_rounds, leakage_means
 from fedspeech.capture import reply_steps, save_truth
 from fedspeech.config import SimConfig
 from fedspeech.errors import RunFailed
+from fedspeech.federation.checkpoint import save_global
+from fedspeech.federation.control import ServerControl
 from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.models import build_model
 from fedspeech.report import RunRecorder
@@ -136,13 +138,38 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
 
 
 def run_server(
-    grid: Grid, cfg: SimConfig, data: RunData, recorder: RunRecorder, *, plain: bool = False
+    grid: Grid,
+    cfg: SimConfig,
+    data: RunData,
+    recorder: RunRecorder,
+    *,
+    plain: bool = False,
+    control: ServerControl | None = None,
 ) -> None:
     """Run ``cfg.rounds`` rounds of federated training with capture.
 
     ``plain=True`` runs Flower's strategy alone, without the capture wrapper (the
     baseline of ``benchmarks/bench_federation.py``); it needs ``share="update"``.
+    ``control`` resumes a run after ``control.start_round`` and stops it on a signal.
+    After every round the global model is saved to ``state/global.safetensors``
+    (:mod:`fedspeech.federation.checkpoint`).
     """
+    control = control if control is not None else ServerControl()
+    control.started = True
+    try:
+        _run_server(grid, cfg, data, recorder, plain, control)
+    finally:
+        control.done.set()
+
+
+def _run_server(
+    grid: Grid,
+    cfg: SimConfig,
+    data: RunData,
+    recorder: RunRecorder,
+    plain: bool,
+    control: ServerControl,
+) -> None:
     task = TASKS.get(cfg.task)
     # The capture wrapper samples clients itself; Flower's own sampling (``plain``) uses
     # the ``random`` module.
@@ -151,11 +178,13 @@ def run_server(
     torch.set_num_threads(1)
     kwargs = model_kwargs(cfg, data)
     model = build_model(cfg.model, **kwargs)
+    if control.initial_weights is not None:
+        model.load_state_dict(control.initial_weights)
     feats, labels = open_features(str(data.features_path), str(data.labels_path))
     test_x = np.ascontiguousarray(feats[data.test_indices])
     test_y = labels[data.test_indices]
 
-    strategy: Strategy = HonestButCuriousStrategy(
+    capture = HonestButCuriousStrategy(
         build_strategy(cfg, address_all=True),
         share=cfg.share,
         lr=cfg.lr,
@@ -173,7 +202,11 @@ def run_server(
         truth_writer=make_truth_writer(cfg, data),
         on_round=recorder.client_round,
         seed=cfg.seed,
+        start_round=control.start_round,
+        stop=control.stop,
     )
+    strategy: Strategy = capture
+    control.strategy = capture
     if plain:
         strategy = build_strategy(cfg)
     round_start = time.perf_counter()
@@ -189,6 +222,9 @@ def run_server(
         extra = task.evaluate(logits, test_y, data)
         now = time.perf_counter()
         recorder.evaluated(server_round, acc, loss, now - round_start, extra=extra)
+        if server_round > 0 and not plain:
+            # After metrics.json: a resumed run drops rounds recorded after this file's.
+            save_global(data.run_dir, arrays.to_torch_state_dict(), server_round)
         if cfg.audit and server_round > 0 and isinstance(strategy, HonestButCuriousStrategy):
             # The captures of this round are written by a background thread.
             strategy.flush()
@@ -203,7 +239,7 @@ def run_server(
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.rounds,
+            num_rounds=cfg.rounds - control.start_round,
             timeout=cfg.round_timeout,
             train_config=train_config(cfg, data),
             evaluate_fn=evaluate_fn,
@@ -214,14 +250,19 @@ def run_server(
 
 
 def make_server_app(
-    cfg: SimConfig, data: RunData, recorder: RunRecorder, *, plain: bool = False
+    cfg: SimConfig,
+    data: RunData,
+    recorder: RunRecorder,
+    *,
+    plain: bool = False,
+    control: ServerControl | None = None,
 ) -> ServerApp:
     """A ServerApp bound to a prepared run."""
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, data, recorder, plain=plain)
+        run_server(grid, cfg, data, recorder, plain=plain, control=control)
 
     return server
 

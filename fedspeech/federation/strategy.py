@@ -13,11 +13,19 @@ strategy the replies sorted by client id rather than in order of arrival. Replie
 (an error, no answer within the round's timeout, a malformed reply, a client claiming
 another's id) are left out of the aggregate and reported; after a round in which every
 sampled client failed the run stops.
+
+A capture's ground truth (``truth/``) is written after the capture itself is on disk, by the
+same background writer, so a truth file never exists without its capture. A run resumed
+after round ``start_round`` (``fedspeech simulate --resume``) numbers its rounds from
+``start_round + 1``: Flower counts from 1, the wrapper adds the offset everywhere (sampling,
+messages, captures, truth, evaluation). Setting the ``stop`` event (on SIGINT or SIGTERM)
+ends the run at its next wait for replies.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -109,6 +117,51 @@ class _AllClientsFailed(Exception):
     """Ends Flower's round loop after a round that had no usable reply."""
 
 
+class _Stopped(Exception):
+    """Ends Flower's round loop once the run's ``stop`` event is set (a signal)."""
+
+
+class StoppableGrid:
+    """A grid whose wait for replies ends (with :class:`_Stopped`) once ``stop`` is set.
+
+    Everything else is delegated to ``grid``. Flower's own ``send_and_receive`` waits for
+    the whole timeout when the simulation engine is gone; this one polls ``stop`` too.
+    A grid without ``push_messages``/``pull_messages`` is asked as it is.
+    """
+
+    def __init__(self, grid: Grid, stop: threading.Event, poll: float = 0.05) -> None:
+        self._grid = grid
+        self._stop = stop
+        self._poll = poll
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send ``messages`` and collect the replies, as :meth:`Grid.send_and_receive`."""
+        if self._stop.is_set():
+            raise _Stopped
+        grid = self._grid
+        if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+        else:
+            waiting = set(grid.push_messages(messages))
+            end = time.monotonic() + (timeout if timeout is not None else 0.0)
+            replies = []
+            while waiting and not self._stop.is_set():
+                got = list(grid.pull_messages(waiting))
+                replies.extend(got)
+                waiting -= {m.metadata.reply_to_message_id for m in got}
+                if not waiting or (timeout is not None and time.monotonic() >= end):
+                    break
+                self._stop.wait(self._poll)
+        if self._stop.is_set():
+            raise _Stopped
+        return replies
+
+
 class HonestButCuriousStrategy(Strategy):
     """Wrap ``inner``; capture up to ``capture_count`` replies per round (``None``: all).
 
@@ -139,6 +192,11 @@ class HonestButCuriousStrategy(Strategy):
         metrics of the usable replies and ``{"client_id", "error"}`` of the failed ones.
     seed : int
         Seeds the sampling of clients and the choice of captured clients.
+    start_round : int
+        Rounds already done (a resumed run): Flower's round ``k`` is round
+        ``start_round + k`` of the run, and the initial evaluation is skipped.
+    stop : threading.Event, optional
+        Once set, the run ends at its next wait for replies (:meth:`start` returns).
     """
 
     def __init__(
@@ -155,6 +213,8 @@ class HonestButCuriousStrategy(Strategy):
         truth_writer: TruthWriter | None = None,
         on_round: RoundCallback | None = None,
         seed: int = 0,
+        start_round: int = 0,
+        stop: threading.Event | None = None,
     ) -> None:
         self.inner = inner
         self.share = share
@@ -167,6 +227,10 @@ class HonestButCuriousStrategy(Strategy):
         self.truth_writer = truth_writer
         self.on_round = on_round
         self.seed = seed
+        self.start_round = start_round
+        self.stop = stop if stop is not None else threading.Event()
+        #: Whether the run ended because :attr:`stop` was set.
+        self.stopped = False
         #: The round after which the run stopped, every sampled client having failed.
         self.failed_round: int | None = None
         self.nodes = NodeMap(node_of={})
@@ -180,6 +244,8 @@ class HonestButCuriousStrategy(Strategy):
         # round's training instead of delaying it; ``flush`` waits for them.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture")
         self._pending: list[Future[Path]] = []
+        self._closed = False
+        self._lock = threading.Lock()
 
     def start(
         self,
@@ -196,13 +262,16 @@ class HonestButCuriousStrategy(Strategy):
         ``timeout`` bounds the id query and every round's wait for replies. After a round
         in which every sampled client failed, the round is evaluated (``evaluate_fn``) and
         the run stops: :attr:`failed_round` says which round, and the result is empty
-        (what the rounds gave is in the recorder).
+        (what the rounds gave is in the recorder). ``num_rounds`` counts the rounds still
+        to run (after :attr:`start_round`). Once :attr:`stop` is set, the run ends at its
+        next wait for replies: :attr:`stopped` is true and the result is empty.
         """
         self._timeout = timeout
-        self.nodes = query_client_ids(grid, self.num_clients, timeout)
+        stoppable = cast(Grid, StoppableGrid(grid, self.stop))
         try:
+            self.nodes = query_client_ids(stoppable, self.num_clients, timeout)
             return super().start(
-                grid,
+                stoppable,
                 initial_arrays,
                 num_rounds=num_rounds,
                 timeout=timeout,
@@ -213,11 +282,17 @@ class HonestButCuriousStrategy(Strategy):
         except (_AllClientsFailed, DivergedError):
             # Diverged: the recorder saved metrics.json with "diverged" before raising.
             return Result()
+        except _Stopped:
+            self.stopped = True
+            return Result()
 
     def _stop_after_failed_round(self, evaluate_fn: EvaluateFn | None) -> EvaluateFn:
         # Flower's round loop has no way out but an exception; it is raised after the
         # failed round was evaluated (and so recorded).
-        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if flower_round == 0 and self.start_round > 0:
+                return None  # a resumed run: its starting point was evaluated before
+            server_round = flower_round + self.start_round
             result = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
             if server_round == self.failed_round:
                 raise _AllClientsFailed
@@ -232,8 +307,10 @@ class HonestButCuriousStrategy(Strategy):
 
         The inner strategy builds one message per node (FedProx adds its ``proximal-mu``
         to the config, FedAdam remembers the weights it sent); the sampled clients' ones
-        are sent, in client-id order.
+        are sent, in client-id order. ``server_round`` is Flower's; the run's round is
+        ``start_round`` more.
         """
+        server_round += self.start_round
         self._round_start = time.perf_counter()
         self._global = arrays
         self._global_torch = None
@@ -260,6 +337,9 @@ class HonestButCuriousStrategy(Strategy):
         Only usable replies reach the inner strategy, in client-id order, so its sums do
         not depend on the order of arrival.
         """
+        server_round += self.start_round
+        if self.stop.is_set():
+            raise _Stopped  # the round is redone by a resumed run
         accepted, failures = self._screen(list(replies))
         chosen = self._choose(server_round, [cid for cid, _ in accepted])
         clients: list[dict[str, Any]] = []
@@ -326,9 +406,21 @@ class HonestButCuriousStrategy(Strategy):
 
     def flush(self) -> None:
         """Wait until every capture of the run is on disk (re-raising a failed write)."""
-        pending, self._pending = self._pending, []
+        with self._lock:
+            pending, self._pending = self._pending, []
         for fut in pending:
             fut.result()
+
+    def close(self) -> None:
+        """Write every capture received so far, then accept no more (idempotent).
+
+        Called when the run is interrupted: a capture handed to the writer before is on
+        disk with its truth when this returns; one arriving later is not written.
+        """
+        with self._lock:
+            self._closed = True
+        self._writer.shutdown(wait=True)
+        self.flush()
 
     def _global_state(self) -> dict[str, Any]:
         if self._global_torch is None:
@@ -362,26 +454,32 @@ class HonestButCuriousStrategy(Strategy):
             training=dict(self.capture_meta.get("training", {})),
         )
         name = capture_name(server_round, client_id)
-        self._pending = [f for f in self._pending if not f.done() or f.exception()]
-        self._pending.append(
-            self._writer.submit(
-                save_capture, cap, self.run_dir / "captures" / f"{name}.safetensors"
+        with self._lock:
+            if self._closed:
+                return
+            self._pending = [f for f in self._pending if not f.done() or f.exception()]
+            self._pending.append(
+                self._writer.submit(self._write, cap, server_round, client_id, name)
             )
-        )
+
+    def _write(self, cap: Capture, server_round: int, client_id: int, name: str) -> Path:
+        """Save a capture, then its truth: a truth file never exists without its capture."""
+        path = save_capture(cap, self.run_dir / "captures" / f"{name}.safetensors")
         if self.truth_writer is not None:
             self.truth_writer(server_round, client_id, self.run_dir / "truth" / f"{name}.json")
+        return path
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate to ``inner``."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        """Delegate to ``inner`` (with the run's round number)."""
+        return self.inner.configure_evaluate(server_round + self.start_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Delegate to ``inner``."""
-        return self.inner.aggregate_evaluate(server_round, replies)
+        """Delegate to ``inner`` (with the run's round number)."""
+        return self.inner.aggregate_evaluate(server_round + self.start_round, replies)
 
     def summary(self) -> None:
         """Delegate to ``inner``."""

@@ -15,12 +15,17 @@ file is strict JSON: non-finite numbers are written as ``null``.
 Every round lists its ``failures`` (``{"client_id", "error"}`` of each sampled client whose
 reply was not used); a round in which every sampled client failed is marked
 ``"all_failed": true``.
+
+A run stopped by SIGINT or SIGTERM is marked ``"interrupted": true``; a resumed run
+(:meth:`RunRecorder.resume`) keeps the rounds recorded so far and appends the rest, and its
+``metrics.json`` lists the rounds it resumed after under ``resumed_after``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,6 +62,21 @@ class RunRecorder:
         self.initial: dict[str, float | None] | None = None
         self._pending: dict[int, dict[str, Any]] = {}
         self.diverged: dict[str, Any] | None = None
+        #: Set when the run was stopped by a signal (``"interrupted": true``).
+        self.interrupted = False
+        self.resumed_after: list[int] = []
+        # The server thread saves after each round, the main thread when interrupted.
+        self._save_lock = threading.Lock()
+
+    def resume(self, doc: dict[str, Any], after_round: int) -> None:
+        """Continue the record ``doc`` (a ``metrics.json``) after round ``after_round``.
+
+        Rounds recorded after ``after_round`` (finished, but not saved as a model before
+        the interruption) are dropped: the resumed run does them again.
+        """
+        self.initial = doc.get("initial")
+        self.rounds = [r for r in doc.get("rounds", []) if int(r["round"]) <= after_round]
+        self.resumed_after = [*doc.get("resumed_after", []), after_round]
 
     def client_round(
         self,
@@ -171,14 +191,19 @@ class RunRecorder:
             last = self.rounds[-1]
             final = {"accuracy": last["accuracy"], "loss": last["loss"]}
             final.update({k: last[k] for k in ("eer", "eer_unseen") if k in last})
-        doc = {"initial": self.initial, "rounds": self.rounds, "final": final}
+        doc: dict[str, Any] = {"initial": self.initial, "rounds": self.rounds, "final": final}
         if self.diverged is not None:
             doc["diverged"] = self.diverged
+        if self.resumed_after:
+            doc["resumed_after"] = self.resumed_after
+        if self.interrupted:
+            doc["interrupted"] = True
         return doc
 
     def save(self) -> None:
         """Write ``metrics.json`` atomically, as strict JSON (NaN and infinities: null)."""
-        atomic_write_json(self.run_dir / "metrics.json", self.as_dict(), indent=1)
+        with self._save_lock:
+            atomic_write_json(self.run_dir / "metrics.json", self.as_dict(), indent=1)
 
     def plot(self) -> Path | None:
         """Write ``accuracy.png`` (accuracy and loss per round); ``None`` if no rounds."""

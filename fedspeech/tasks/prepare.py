@@ -44,6 +44,7 @@ RUN_ENTRIES: tuple[str, ...] = (
     "truth",
     "audit",
     "data",
+    "state",
     "metrics.json",
     "config.toml",
     "run.json",
@@ -152,7 +153,8 @@ def claim_run_dir(cfg: SimConfig, run_dir: Path | None = None) -> Path:
     Parameters
     ----------
     cfg : SimConfig
-        ``out`` (None: a new ``runs/<timestamp>[-N]``) and ``overwrite``.
+        ``out`` (None: a new ``runs/<timestamp>[-N]``), ``overwrite``, and ``resume`` (the
+        folder of an interrupted run, used as it is: no run is removed, ``run.json`` kept).
     run_dir : Path, optional
         The folder to use instead of ``cfg.out``.
 
@@ -174,6 +176,10 @@ def claimed_run_dir(cfg: SimConfig, run_dir: Path | None = None) -> Iterator[Pat
     nothing but a half-prepared ``data/``, and a failed run should not leave empty
     timestamp folders behind. A folder that existed before is left alone.
     """
+    if cfg.resume is not None:
+        # A resumed run continues in its own folder: nothing is removed, run.json is kept.
+        yield _resumed_dir(Path(cfg.resume))
+        return
     target = run_dir if run_dir is not None else cfg.out
     if target is None:
         path, created = _new_timestamp_dir(), True
@@ -211,11 +217,23 @@ def _take_over(path: Path, overwrite: bool) -> None:
     if not holds_run(path):
         return
     if not overwrite:
-        raise FedspeechError(f"--out {path} holds a run; use --overwrite to replace it")
+        raise FedspeechError(
+            f"--out {path} holds a run; use --overwrite to replace it or --resume {path} "
+            "to continue it"
+        )
     try:
         remove_run(path)
     except OSError as exc:
         raise FedspeechError(f"cannot remove the old run in {path}: {_reason(exc)}") from None
+
+
+def _resumed_dir(path: Path) -> Path:
+    """The folder of a run to resume (``--resume``); it must hold a run."""
+    if not path.is_dir():
+        raise FedspeechError(f"--resume {path}: no such run folder")
+    if not holds_run(path):
+        raise FedspeechError(f"--resume {path}: the folder holds no run")
+    return path
 
 
 def _make_dir(path: Path) -> bool:
