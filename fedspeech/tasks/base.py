@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from fedspeech.config import SimConfig
+from fedspeech.data.partition import PARTITIONS
+from fedspeech.models import MODELS
 from fedspeech.registry import Registry
 from fedspeech.tasks.prepare import RunData
 
@@ -51,7 +53,13 @@ class Task(ABC):
 
     @abstractmethod
     def validate(self, cfg: SimConfig) -> None:
-        """Raise :class:`~fedspeech.errors.ConfigError` on values only this task reads."""
+        """Raise :class:`~fedspeech.errors.ConfigError` on names no run of any task could use.
+
+        Subclasses add their own checks and call this one: the model and the partition are
+        registered names.
+        """
+        MODELS.get(cfg.model)
+        PARTITIONS.get(cfg.partition)
 
     @abstractmethod
     def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:

@@ -99,10 +99,9 @@ class KeywordSpotting(Task):
 
     def validate(self, cfg: SimConfig) -> None:
         """Keyword-spotting names: dataset, model, front-end and partition are registered."""
+        super().validate(cfg)
         DATASETS.get(cfg.dataset)
-        MODELS.get(cfg.model)
         FRONTENDS.get(cfg.frontend)
-        PARTITIONS.get(cfg.partition)
 
     def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         """:func:`prepare_kws_run`."""

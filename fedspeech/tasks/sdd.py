@@ -286,9 +286,8 @@ class SpeechDeepfakeDetection(Task):
                 f"--augment {cfg.augment!r} works on spectral features; --task sdd "
                 "models take raw waveforms (use rawboost:N)"
             )
+        super().validate(cfg)
         SPOOF_DATASETS.get(cfg.dataset)
-        MODELS.get(cfg.model)
-        PARTITIONS.get(cfg.partition)
         LOCAL_TRAINERS.get(cfg.alignment)
         OPTIMIZERS.get(cfg.optimizer)
         ROGA_DOMAINS.get(cfg.roga_domains)
