@@ -1,11 +1,14 @@
 """``fedspeech simulate``: prepare a run, then drive Flower's simulation engine on Ray.
 
-Interrupts: during a run, SIGINT (Ctrl-C) and SIGTERM set the server's stop event and
-raise :class:`KeyboardInterrupt` in the main thread, which ends Flower's
-``run_simulation`` (its own ``finally`` shuts Ray down; the ServerApp runs in a thread of
-its own). The driver then waits for the server thread to leave its round, writes every
-capture already received (with its truth), removes the temporary files of atomic writes,
-saves ``metrics.json`` with ``"interrupted": true`` and raises
+Interrupts: SIGINT (Ctrl-C) and SIGTERM set the server's stop event. While Flower's
+``run_simulation`` runs, the first signal only does that: the server leaves its wait for
+replies at once, Flower's engine lets the clients now training finish and shuts Ray down
+itself, and ``run_simulation`` returns. (Raising in the main thread instead would shut Ray
+down under the engine's worker threads, and Ray's core worker then ends the process with
+exit code 1.) A second signal stops at once. Outside the simulation (preparing data) the
+signal raises :class:`KeyboardInterrupt`. Either way the driver then writes every capture
+already received (with its truth), removes the temporary files of atomic writes, saves
+``metrics.json`` with ``"interrupted": true`` and raises
 :class:`~fedspeech.errors.Interrupted` (exit code 130 or 143). Ray's ``init`` replaces the
 driver's SIGTERM handler with one calling ``sys.exit(15)``: it is kept from doing so while
 the simulation runs (a ``SystemExit(15)`` is still handled as SIGTERM). Further signals are
@@ -84,11 +87,12 @@ def simulate(
     with _signal_handlers(control.stop) as signals:
         state: dict[str, Any] = {}
         try:
-            return _simulate(cfg, stream, plain, control, state)
+            return _simulate(cfg, stream, plain, control, state, signals)
         except (KeyboardInterrupt, SystemExit) as exc:
             if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
                 raise
             # Ray's SIGTERM handler (sys.exit(15)) may have replaced ours: ours again.
+            signals.saving = True
             signals.install()
             signum = signals.received
             if signum is None:
@@ -97,7 +101,12 @@ def simulate(
 
 
 def _simulate(
-    cfg: SimConfig, stream: Any, plain: bool, control: ServerControl, state: dict[str, Any]
+    cfg: SimConfig,
+    stream: Any,
+    plain: bool,
+    control: ServerControl,
+    state: dict[str, Any],
+    signals: _Signals,
 ) -> tuple[Path, RunRecorder]:
     t0 = time.perf_counter()
     if cfg.ray_address:
@@ -140,13 +149,15 @@ def _simulate(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    with _ray_keeps_our_sigterm_handler():
+    with _ray_keeps_our_sigterm_handler(), signals.gracefully(stream):
         run_simulation(
             server_app=make_server_app(cfg, data, recorder, plain=plain, control=control),
             client_app=client_app,
             num_supernodes=cfg.clients,
             backend_config=backend_config(cfg),  # type: ignore[arg-type]
         )
+    if control.stop.is_set():
+        raise KeyboardInterrupt  # the engine has stopped; simulate() saves the run
     failed = stopped_early(recorder)
     if cfg.audit and not plain and recorder.rounds:
         # Every capture is audited already; this only summarises all rounds together.
@@ -200,25 +211,53 @@ def resume_point(cfg: SimConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor
 
 
 class _Signals:
-    """SIGINT/SIGTERM handlers: the first signal sets ``stop`` and raises
-    :class:`KeyboardInterrupt` in the main thread; later ones are only ignored."""
+    """SIGINT/SIGTERM handlers: the first signal sets ``stop``.
+
+    Outside :meth:`gracefully` it also raises :class:`KeyboardInterrupt` in the main
+    thread. Inside, it only asks the engine to stop (the run ends once the clients now
+    training finish); a second signal there raises. Once the run is being saved, further
+    signals are ignored.
+    """
 
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
         self.received: int | None = None
         self.enabled = threading.current_thread() is threading.main_thread()
+        self._graceful = False
+        self._stream: Any = None
+        self.saving = False
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
+        if self.saving:
             return  # the run is being saved
-        self.received = signum
-        self.stop.set()
+        if self.received is None:
+            self.received = signum
+            self.stop.set()
+            if self._graceful:
+                if self._stream is not None:
+                    print(
+                        f"{signal.Signals(signum).name}: stopping once the clients now "
+                        "training finish (send it again to stop at once)",
+                        file=self._stream,
+                        flush=True,
+                    )
+                return
+        self.saving = True
         raise KeyboardInterrupt
 
     def install(self) -> None:
         if self.enabled:
             for signum in EXIT_CODES:
                 signal.signal(signum, self.handle)
+
+    @contextmanager
+    def gracefully(self, stream: Any) -> Iterator[None]:
+        """Within the block, a first signal stops the engine without raising."""
+        self._graceful, self._stream = True, stream
+        try:
+            yield
+        finally:
+            self._graceful, self._stream = False, None
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from fedspeech.config import SimConfig
 from fedspeech.errors import FedspeechError
 from fedspeech.federation import strategy as strategy_module
 from fedspeech.federation.checkpoint import load_global, save_global
-from fedspeech.federation.simulate import remove_temp_files, resume_point
+from fedspeech.federation.simulate import _Signals, remove_temp_files, resume_point
 from fedspeech.federation.strategy import HonestButCuriousStrategy, StoppableGrid
 from tests.helpers import leftover_processes
 
@@ -139,6 +139,28 @@ def test_a_set_stop_ends_the_wait_for_replies() -> None:
     with pytest.raises(strategy_module._Stopped):
         grid.send_and_receive([], timeout=60)
     assert time.monotonic() - t0 < 5
+
+
+def test_a_signal_during_the_simulation_stops_it_without_raising() -> None:
+    # Raising in the main thread while Flower's engine runs would shut Ray down under the
+    # engine's worker threads (Ray's core worker then ends the process with exit code 1).
+    stop = threading.Event()
+    signals = _Signals(stop)
+    with signals.gracefully(None):
+        signals.handle(signal.SIGINT, None)
+        assert stop.is_set() and signals.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # a second signal: stop at once
+            signals.handle(signal.SIGINT, None)
+    assert signals.saving
+    signals.handle(signal.SIGTERM, None)  # ignored while the run is saved
+    assert signals.received == signal.SIGINT
+
+
+def test_a_signal_outside_the_simulation_raises() -> None:
+    signals = _Signals(threading.Event())
+    with pytest.raises(KeyboardInterrupt):
+        signals.handle(signal.SIGTERM, None)
+    assert signals.received == signal.SIGTERM and signals.stop.is_set()
 
 
 def test_temp_files_are_removed(tmp_path: Path) -> None:
