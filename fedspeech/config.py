@@ -403,6 +403,13 @@ class SimConfig:
     lr: float = setting(
         0.1, "client learning rate", group="sharing", task_defaults={"sdd": 3e-3}, above=0
     )
+    clip_norm: float = setting(
+        5.0,
+        "clip each local step's gradient to this L2 norm (0: no clipping; share=update)",
+        group="sharing",
+        tasks=("kws",),
+        minimum=0,
+    )
     # Above 1 the velocity grows without bound: the run would only diverge.
     momentum: float = setting(
         0.0, "client SGD momentum, in [0, 1]", group="sharing", minimum=0, maximum=1

@@ -5,11 +5,15 @@ Tests import from here, never from one another.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +25,15 @@ needs_fsdd = pytest.mark.skipif(
     not (FSDD / "recordings").is_dir(),
     reason=f"real FSDD data not found at {FSDD} (only present on developer and CI machines)",
 )
+
+
+#: A tiny keyword-spotting run on the built-in corpus (FEDSPEECH_CACHE: the tiny cache).
+TINY_KWS = ["--synth-speakers", "12", "--synth-takes", "1", "--local-epochs", "1"]
+#: A tiny spoofing run (``--data-root``: the tiny spoof corpus of ``conftest.py``).
+TINY_SDD = [
+    *("--task", "sdd", "--dataset", "builtin", "--local-steps", "1", "--batch-size", "4"),
+    *("--clip-samples", "2400", "--test-clips", "0", "--augment", "rawboost:2"),
+]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,3 +85,43 @@ def leftover_processes(marker: str, grace: float = 60.0) -> list[int]:
     while (found := processes_with_marker(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return found
+
+
+def stop_processes(marker: str, grace: float = 10.0) -> None:
+    """SIGTERM, then after ``grace`` seconds SIGKILL, the processes carrying ``marker``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for p in processes_with_marker(marker) if p != os.getpid()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while processes_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def simulate(
+    run_dir: Path, *args: str, env: dict[str, str] | None = None, code: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """``fedspeech simulate ARGS --out RUN_DIR --quiet``, expecting exit code ``code``.
+
+    Also checks that the run left no process behind (Ray's included).
+    """
+    marker = uuid.uuid4().hex  # inherited by every process of the run, Ray's too
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedspeech", "simulate", *args, "--out", str(run_dir), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {}), "FEDSPEECH_TEST_RUN": marker},
+        timeout=600,
+    )
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert not leftover_processes(f"FEDSPEECH_TEST_RUN={marker}"), "simulate left processes"
+    return proc
+
+
+def rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """``metrics.json`` rounds without their timings (the only thing allowed to differ)."""
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in doc["rounds"]]

@@ -26,6 +26,7 @@ from fedspeech.errors import RunFailed
 from fedspeech.federation.checkpoint import save_global
 from fedspeech.federation.control import ServerControl
 from fedspeech.federation.strategy import HonestButCuriousStrategy
+from fedspeech.fileio import atomic_write_text
 from fedspeech.models import build_model
 from fedspeech.report import RunRecorder
 from fedspeech.tasks import TASKS, prepare_run
@@ -275,7 +276,7 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: the run config holds the simulate keys."""
     cfg = SimConfig.from_mapping(dict(context.run_config), "the Flower run config")
     data = prepare_run(cfg)
-    (data.run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+    atomic_write_text(data.run_dir / "config.toml", cfg.to_toml())
     recorder = RunRecorder(data.run_dir, cfg.rounds)
     run_server(grid, cfg, data, recorder)
     recorder.plot()

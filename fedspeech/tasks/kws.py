@@ -115,6 +115,14 @@ class KeywordSpotting(Task):
             "activation": cfg.activation,
         }
 
+    def client_config(self, cfg: SimConfig) -> dict[str, Any]:
+        """The gradient-norm bound of local SGD."""
+        return {"clip-norm": cfg.clip_norm}
+
+    def training_meta(self, cfg: SimConfig) -> dict[str, Any]:
+        """The gradient-norm bound of local SGD (a shared gradient is never clipped)."""
+        return {"clip_norm": cfg.clip_norm}
+
     def capture_frontend(self, cfg: SimConfig) -> str:
         """``--frontend``: the model reads its features."""
         return cfg.frontend
@@ -143,6 +151,7 @@ class KeywordSpotting(Task):
             lr=float(settings["lr"]),
             momentum=float(settings["momentum"]),
             proximal_mu=float(settings.get("proximal-mu", 0.0)),
+            clip_norm=float(settings["clip-norm"]),
         )
         return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
 

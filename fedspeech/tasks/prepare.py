@@ -299,12 +299,39 @@ def write_run_info(path: Path) -> None:
 def run_info() -> dict[str, Any]:
     """What ``run.json`` records about the process starting a run."""
     return {
-        "argv": list(sys.argv),
+        "argv": redact_argv(sys.argv),
         "versions": versions(),
         "git_commit": source_commit(),
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
     }
+
+
+#: Options whose value is a credential: under ``flwr run`` the ServerApp's process is
+#: ``flwr-simulation --token SECRET ...``, and run folders are meant to be shared.
+SECRET_OPTIONS = ("--token",)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every :data:`SECRET_OPTIONS` option replaced by ``***``.
+
+    >>> redact_argv(["flwr-simulation", "--token", "abc", "--insecure", "--token=xyz"])
+    ['flwr-simulation', '--token', '***', '--insecure', '--token=***']
+    """
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg in SECRET_OPTIONS:
+            out.append(arg)
+            hide_next = True
+        elif arg.split("=", 1)[0] in SECRET_OPTIONS and "=" in arg:
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
 
 
 def versions() -> dict[str, str | None]:

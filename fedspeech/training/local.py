@@ -95,6 +95,7 @@ def train_local(
     lr: float,
     momentum: float = 0.0,
     proximal_mu: float = 0.0,
+    clip_norm: float = 0.0,
 ) -> LocalResult:
     """Run SGD over ``batches`` in place on ``model``.
 
@@ -110,6 +111,11 @@ def train_local(
         Corpus positions per step, from :func:`local_batches`.
     proximal_mu : float
         FedProx's proximal term ``mu/2 ‖w − w_global‖²`` (0 disables it).
+    clip_norm : float
+        Scale each step's gradient down to at most this L2 norm over all parameters
+        (0 disables it). One client whose loss spikes then takes a bounded step instead
+        of throwing the global model away (Pascanu et al., "On the difficulty of training
+        recurrent neural networks", 2013).
     """
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -128,6 +134,8 @@ def train_local(
             )
             loss = loss + 0.5 * proximal_mu * prox
         loss.backward()
+        if clip_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         opt.step()
     return LocalResult(num_examples=seen, loss=total / max(seen, 1), steps=len(batches))
 

@@ -1,17 +1,25 @@
-"""A small simulation across a two-node Ray cluster started on loopback by this test."""
+"""Simulations across a two-node Ray cluster started on loopback by this module.
+
+The same seed gives the same rounds on the cluster twice, and the same rounds as a local
+run: clients are sampled by client id and replies averaged in client-id order, whichever
+node runs which client. Only the nodes this module started are stopped (found by their
+session folder and port).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import TINY_KWS, TINY_SDD, rounds, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +38,7 @@ def pids_matching(text: str) -> list[int]:
 
 
 def stop_nodes(marker: str) -> None:
-    """Stop only the Ray processes of this test's cluster (found by its session folder)."""
+    """Stop only the Ray processes of this module's cluster (found by ``marker``)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [p for p in pids_matching(marker) if p != os.getpid()]
         for pid in pids:
@@ -43,51 +51,21 @@ def stop_nodes(marker: str) -> None:
         time.sleep(2)
 
 
-@pytest.mark.skipif(not RAY.exists(), reason="ray command-line tool not installed")
-def test_simulation_on_two_node_cluster(tmp_path: Path, tiny_cache: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of a head node and a worker node, 1 CPU each, on 127.0.0.1."""
+    if not RAY.exists():
+        pytest.skip("ray command-line tool not installed")
     port = free_port()
     # A short private temp dir: Ray's socket paths must stay under 107 characters.
     temp_dir = Path("/tmp") / f"fs-ray-{os.getpid()}-{port}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "FEDSPEECH_CACHE": str(tiny_cache)}
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    head = [str(RAY), "start", "--head", "--port", str(port), "--temp-dir", str(temp_dir)]
+    worker = [str(RAY), "start", "--address", f"127.0.0.1:{port}"]
     try:
-        subprocess.run(
-            [
-                str(RAY),
-                "start",
-                "--head",
-                "--port",
-                str(port),
-                "--node-ip-address",
-                "127.0.0.1",
-                "--temp-dir",
-                str(temp_dir),
-                "--include-dashboard",
-                "false",
-                *common,
-            ],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
-        subprocess.run(
-            [
-                str(RAY),
-                "start",
-                "--address",
-                f"127.0.0.1:{port}",
-                "--node-ip-address",
-                "127.0.0.1",
-                *common,
-            ],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
-        import ray  # noqa: F401 - only to query the cluster from a child process below
-
+        for cmd in (head + ["--include-dashboard", "false"], worker):
+            subprocess.run([*cmd, *common], check=True, capture_output=True, env=env, timeout=120)
         nodes = subprocess.run(
             [
                 sys.executable,
@@ -101,43 +79,38 @@ def test_simulation_on_two_node_cluster(tmp_path: Path, tiny_cache: Path) -> Non
             timeout=120,
         )
         assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
-
-        run_dir = tmp_path / "run"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fedspeech",
-                "simulate",
-                "--synth-speakers",
-                "12",
-                "--synth-takes",
-                "1",
-                "--clients",
-                "4",
-                "--partition",
-                "iid",
-                "--fraction",
-                "1",
-                "--rounds",
-                "2",
-                "--local-steps",
-                "2",
-                "--ray-address",
-                f"127.0.0.1:{port}",
-                "--out",
-                str(run_dir),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert len(metrics["rounds"]) == 2
-        assert all(len(r["clients"]) == 4 for r in metrics["rounds"])
+        yield f"127.0.0.1:{port}"
     finally:
         stop_nodes(str(temp_dir))
         stop_nodes(f"127.0.0.1:{port}")
     assert not pids_matching(str(temp_dir))
+
+
+def test_kws_runs_repeat_on_the_cluster_and_match_a_local_run(
+    cluster: str, tmp_path: Path, tiny_cache: Path
+) -> None:
+    # 2 of 4 clients a round, spread over both nodes.
+    args = [*TINY_KWS, "--clients", "4", "--fraction", "0.5", "--rounds", "2"]
+    env = {"FEDSPEECH_CACHE": str(tiny_cache)}
+    simulate(tmp_path / "a", *args, "--ray-address", cluster, env=env)
+    simulate(tmp_path / "b", *args, "--ray-address", cluster, env=env)
+    simulate(tmp_path / "local", *args, env=env)
+    a = rounds(tmp_path / "a")
+    assert [len(r["clients"]) for r in a] == [2, 2]
+    assert a == rounds(tmp_path / "b")
+    assert a == rounds(tmp_path / "local")
+
+
+def test_sdd_runs_repeat_on_the_cluster_and_match_a_local_run(
+    cluster: str, tmp_path: Path, tiny_spoof_root: Path
+) -> None:
+    # AASIST with dropout: each client seeds torch from (seed, round, id) on any node.
+    args = [*TINY_SDD, "--data-root", str(tiny_spoof_root), "--clients", "3", "--rounds", "2"]
+    args += ["--capture-clients", "0"]
+    simulate(tmp_path / "a", *args, "--ray-address", cluster)
+    simulate(tmp_path / "b", *args, "--ray-address", cluster)
+    simulate(tmp_path / "local", *args)
+    a = rounds(tmp_path / "a")
+    assert [len(r["clients"]) for r in a] == [2, 2]
+    assert a == rounds(tmp_path / "b")
+    assert a == rounds(tmp_path / "local")

@@ -6,13 +6,7 @@ Faults are injected through the client app's test-only hook ``FEDSPEECH_TEST_FAI
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,39 +15,11 @@ import torch
 from fedspeech.capture import load_capture, load_truth
 from fedspeech.models import build_model
 from fedspeech.training import compute_gradient
-from tests.helpers import leftover_processes
+from tests.helpers import TINY_KWS, TINY_SDD, rounds, simulate
 
 pytestmark = pytest.mark.slow
 
-TINY_KWS = ["--synth-speakers", "12", "--synth-takes", "1", "--local-epochs", "1"]
-TINY_SDD = [
-    *("--task", "sdd", "--dataset", "builtin", "--local-steps", "1", "--batch-size", "4"),
-    *("--clip-samples", "2400", "--test-clips", "0", "--augment", "rawboost:2"),
-]
 FEDSGD = ["--share", "gradient", "--batch-size", "1", "--capture-clients", "all"]
-
-
-def simulate(
-    run_dir: Path, *args: str, env: dict[str, str] | None = None, code: int = 0
-) -> subprocess.CompletedProcess[str]:
-    """``fedspeech simulate ARGS --out RUN_DIR --quiet``, expecting exit code ``code``."""
-    marker = uuid.uuid4().hex  # inherited by every process of the run, Ray's too
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedspeech", "simulate", *args, "--out", str(run_dir), "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {}), "FEDSPEECH_TEST_RUN": marker},
-        timeout=600,
-    )
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert not leftover_processes(f"FEDSPEECH_TEST_RUN={marker}"), "simulate left processes"
-    return proc
-
-
-def rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """``metrics.json`` rounds without their timings (the only thing allowed to differ)."""
-    doc = json.loads((run_dir / "metrics.json").read_text())
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in doc["rounds"]]
 
 
 def captures(run_dir: Path) -> list[str]:

@@ -63,7 +63,7 @@ def test_sdd_takes_its_task_defaults_unless_set() -> None:
 
 @pytest.mark.parametrize("key", task_only_keys("kws"))
 def test_kws_only_key_rejected_for_sdd(key: str) -> None:
-    valid = {"synth_speakers": 10, "synth_takes": 1}
+    valid = {"synth_speakers": 10, "synth_takes": 1, "clip_norm": 1.0}
     value: object = valid.get(key, "mel")
     flag = "no-dropout" if key == "dropout" else key.replace("_", "-")
     with pytest.raises(ConfigError, match=f"--{flag} cannot be used"):

@@ -60,6 +60,33 @@ def test_one_local_step_equals_apply_gradient() -> None:
         torch.testing.assert_close(v, expected[k])
 
 
+def test_clip_norm_bounds_a_step_and_leaves_small_gradients_alone() -> None:
+    torch.manual_seed(0)
+    feats = 50.0 * np.random.default_rng(0).standard_normal((4, 32, 32)).astype(np.float32)
+    labels = np.arange(4)
+    batch = np.arange(4)
+    model = build_model("kws-cnn")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = compute_gradient(model, torch.from_numpy(feats), torch.from_numpy(labels))
+    norm = float(torch.sqrt(sum((g**2).sum() for g in grads.values())))
+    assert norm > 1.0  # loud inputs: a large gradient
+
+    def step(clip: float) -> dict[str, torch.Tensor]:
+        model.load_state_dict(start)
+        train_local(model, feats, labels, [batch], lr=0.1, clip_norm=clip)
+        return {k: v - start[k] for k, v in model.state_dict().items()}
+
+    clipped = step(1.0)
+    moved = float(torch.sqrt(sum((d**2).sum() for d in clipped.values())))
+    assert abs(moved - 0.1 * 1.0) < 1e-4  # lr × the bound, in the gradient's direction
+    expected = apply_gradient(start, {k: g / norm for k, g in grads.items()}, 0.1)
+    for k, v in start.items():
+        torch.testing.assert_close(v + clipped[k], expected[k])
+    unclipped = step(0.0)
+    for k, d in step(10 * norm).items():  # a bound above the norm changes nothing
+        torch.testing.assert_close(d, unclipped[k])
+
+
 def test_training_reduces_loss() -> None:
     torch.manual_seed(0)
     model = build_model("kws-cnn")
