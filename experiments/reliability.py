@@ -83,8 +83,10 @@ is replaced only with `--overwrite`, which removes that run's own files (`captur
 `truth/`, `audit/`, `data/`, `state/`, `metrics.json`, `config.toml`, `run.json`, plots) and nothing
 else. Default folders `runs/<timestamp>` of runs started in the same second get `-1`, `-2`.
 A mean client training loss or an evaluation loss that becomes NaN or infinite is recorded
-as `diverged` in `metrics.json` and ends the run with a `DivergedError` (`training diverged
-in round R: evaluation loss is nan (a smaller --lr may help)`). `metrics.json`, `run.json`,
+as `diverged` in `metrics.json` and ends the run, after saving what it has, with one line
+`fedspeech: error: training diverged in round R: evaluation loss is nan (a smaller --lr may
+help); ...` and exit code 1 (not 2: the input was valid, the run failed). A round in which
+every sampled client failed ends the run the same way, with exit code 1. `metrics.json`, `run.json`,
 `data/*.json` and the audit's JSON files are strict JSON (NaN and infinities as `null`).
 SIGINT (Ctrl-C) or SIGTERM during `simulate` writes every capture received (truth after
 capture), removes temporary files, saves `metrics.json` with `"interrupted": true` and ends
@@ -92,7 +94,8 @@ with one line `fedspeech: interrupted: ...` and exit code 130 or 143; `--resume 
 continues the run ([simulate.md](simulate.md#interrupting-and-resuming)).
 `run.json` in each run folder records the command line, the versions of fedspeech, Python,
 torch, numpy, Flower and Ray, the git commit of the source tree (when it is a checkout), the
-start time and the host.
+start time and the host (a `--token` value, as in the command line of `flwr run`'s
+ServerApp process, is written as `***`).
 """
 
 

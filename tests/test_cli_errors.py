@@ -23,6 +23,8 @@ SIMULATE_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["--lr", "0"], ("--lr must be positive",)),
     (["--momentum", "-0.5"], ("--momentum must not be negative",)),
     (["--momentum", "1.5"], ("--momentum must be at most 1",)),
+    (["--clip-norm", "-1"], ("--clip-norm must not be negative",)),
+    (["--clip-norm", "nan"], ("--clip-norm must be a finite number",)),
     (["--server-lr", "-1"], ("--server-lr must be positive",)),
     (["--server-lr", "nan"], ("--server-lr must be a finite number",)),
     (["--proximal-mu", "-1"], ("--proximal-mu must not be negative",)),
