@@ -5,7 +5,9 @@
 ``"update"`` capture (FedAvg) holds the weights after local SGD, from which the mean
 gradient is estimated as the scaled weight difference ``(w_global - w_shared) / (lr * steps)``
 (the approximation used by Geiping et al., "Inverting gradients", 2020, for multi-step
-updates).
+updates). A client that clipped its local steps (``training["clip_norm"]`` in the capture)
+moved by at most ``lr * clip_norm`` a step: the estimate then has the clipped gradient's
+direction and a smaller norm, which a cosine matching loss does not see.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ class StoppableGrid:
     A grid without ``push_messages``/``pull_messages`` is asked as it is.
     """
 
-    def __init__(self, grid: Grid, stop: threading.Event, poll: float = 0.05) -> None:
+    def __init__(self, grid: Grid, stop: threading.Event, poll: float = 0.01) -> None:
         self._grid = grid
         self._stop = stop
         self._poll = poll
@@ -197,6 +197,11 @@ class HonestButCuriousStrategy(Strategy):
         ``start_round + k`` of the run, and the initial evaluation is skipped.
     stop : threading.Event, optional
         Once set, the run ends at its next wait for replies (:meth:`start` returns).
+    evaluate_in_background : bool
+        Run the centralized evaluation of round ``r`` in a background thread while round
+        ``r + 1`` trains, instead of leaving the clients idle meanwhile. Round ``r + 1``'s
+        replies are screened only once it is done, so what is recorded, captured and raised
+        (a diverged loss) is the same as without it; only the wall time differs.
     """
 
     def __init__(
@@ -215,6 +220,7 @@ class HonestButCuriousStrategy(Strategy):
         seed: int = 0,
         start_round: int = 0,
         stop: threading.Event | None = None,
+        evaluate_in_background: bool = False,
     ) -> None:
         self.inner = inner
         self.share = share
@@ -246,6 +252,9 @@ class HonestButCuriousStrategy(Strategy):
         self._pending: list[Future[Path]] = []
         self._closed = False
         self._lock = threading.Lock()
+        self.evaluate_in_background = evaluate_in_background
+        self._evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+        self._evaluation: Future[MetricRecord | None] | None = None
 
     def start(
         self,
@@ -270,15 +279,19 @@ class HonestButCuriousStrategy(Strategy):
         stoppable = cast(Grid, StoppableGrid(grid, self.stop))
         try:
             self.nodes = query_client_ids(stoppable, self.num_clients, timeout)
-            return super().start(
-                stoppable,
-                initial_arrays,
-                num_rounds=num_rounds,
-                timeout=timeout,
-                train_config=train_config,
-                evaluate_config=evaluate_config,
-                evaluate_fn=self._stop_after_failed_round(evaluate_fn),
-            )
+            try:
+                return super().start(
+                    stoppable,
+                    initial_arrays,
+                    num_rounds=num_rounds,
+                    timeout=timeout,
+                    train_config=train_config,
+                    evaluate_config=evaluate_config,
+                    evaluate_fn=self._stop_after_failed_round(evaluate_fn),
+                )
+            finally:
+                # The last round's evaluation, or the one running when the run stopped.
+                self._finish_evaluation()
         except (_AllClientsFailed, DivergedError):
             # Diverged: the recorder saved metrics.json with "diverged" before raising.
             return Result()
@@ -293,12 +306,31 @@ class HonestButCuriousStrategy(Strategy):
             if flower_round == 0 and self.start_round > 0:
                 return None  # a resumed run: its starting point was evaluated before
             server_round = flower_round + self.start_round
-            result = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
+            self._finish_evaluation()
+            if evaluate_fn is None:
+                result = None
+            elif (
+                self.evaluate_in_background
+                and flower_round > 0
+                and server_round != self.failed_round
+            ):
+                # Waited for (and its exceptions raised) before the next round's replies
+                # are screened: see _finish_evaluation in aggregate_train.
+                self._evaluation = self._evaluator.submit(evaluate_fn, server_round, arrays)
+                return None
+            else:
+                result = evaluate_fn(server_round, arrays)
             if server_round == self.failed_round:
                 raise _AllClientsFailed
             return result
 
         return evaluate
+
+    def _finish_evaluation(self) -> None:
+        """Wait for the evaluation running in the background, re-raising what it raised."""
+        running, self._evaluation = self._evaluation, None
+        if running is not None:
+            running.result()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -338,6 +370,8 @@ class HonestButCuriousStrategy(Strategy):
         not depend on the order of arrival.
         """
         server_round += self.start_round
+        # The previous round is recorded (or has diverged) before this one is looked at.
+        self._finish_evaluation()
         if self.stop.is_set():
             raise _Stopped  # the round is redone by a resumed run
         accepted, failures = self._screen(list(replies))

@@ -100,7 +100,15 @@ def test_update_capture_matches_replayed_training(tmp_path: Path, tiny_cache: Pa
     model = build_model(cap.model, **cap.model_kwargs)
     model.load_state_dict(cap.global_weights)
     batches = [np.asarray(b["positions"]) for b in truth["batches"]]
-    train_local(model, feats, labels, batches, lr=cap.training["lr"])
+    train_local(
+        model,
+        feats,
+        labels,
+        batches,
+        lr=cap.training["lr"],
+        momentum=cap.training["momentum"],
+        clip_norm=cap.training["clip_norm"],
+    )
     for name, w in model.state_dict().items():
         torch.testing.assert_close(cap.shared[name], w, rtol=1e-4, atol=1e-6)
     assert cap.num_examples == sum(len(b) for b in batches)
