@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +30,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedspeech.capture import load_capture
+from fedspeech.errors import DivergedError
 from fedspeech.federation.nodes import node_map
 from fedspeech.federation.strategy import HonestButCuriousStrategy, one_line, sample_clients
 
@@ -96,9 +98,19 @@ class FakeGrid:
 
 
 def run(
-    tmp: Path, grid: FakeGrid, *, rounds: int = 1, per_round: int | None = None
+    tmp: Path,
+    grid: FakeGrid,
+    *,
+    rounds: int = 1,
+    per_round: int | None = None,
+    background: bool = False,
+    diverge_after: int | None = None,
 ) -> tuple[HonestButCuriousStrategy, dict[int, torch.Tensor], list[tuple[Any, ...]]]:
-    """The wrapper around FedAvg over ``grid``: (strategy, global weights by round, on_round)."""
+    """The wrapper around FedAvg over ``grid``: (strategy, global weights by round, on_round).
+
+    ``background`` evaluates in the background; ``diverge_after`` makes the evaluation of
+    that round raise :class:`DivergedError` (after recording it), as the recorder does.
+    """
     n = len(grid.weights)
     calls: list[tuple[Any, ...]] = []
     strategy = HonestButCuriousStrategy(
@@ -112,11 +124,15 @@ def run(
         clients_per_round=per_round or n,
         on_round=lambda *args: calls.append(args),
         seed=0,
+        evaluate_in_background=background,
     )
     seen: dict[int, torch.Tensor] = {}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        time.sleep(0.05)  # a round's replies may come first: they must wait for this
         seen[server_round] = arrays.to_torch_state_dict()["w"]
+        if server_round == diverge_after:
+            raise DivergedError(f"training diverged in round {server_round}")
         return MetricRecord({})
 
     strategy.start(
@@ -185,6 +201,24 @@ def test_a_round_where_every_client_fails_stops_the_run(tmp_path: Path) -> None:
     assert sorted(seen) == [0, 1, 2]  # the failed round is evaluated, then the run stops
     assert torch.equal(seen[2], seen[1])  # nothing to aggregate: the model is unchanged
     assert [len(call[3]) for call in calls] == [0, 2]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_evaluation_in_the_background_changes_nothing_recorded(
+    tmp_path: Path, background: bool
+) -> None:
+    strategy, seen, calls = run(tmp_path / "ok", FakeGrid(4), rounds=3, background=background)
+    _, want, want_calls = run(tmp_path / "want", FakeGrid(4), rounds=3)
+    assert sorted(seen) == [0, 1, 2, 3]  # the last round's evaluation is waited for
+    assert all(torch.equal(seen[r], want[r]) for r in want)
+    assert [c[1] for c in calls] == [c[1] for c in want_calls]
+    # A diverged evaluation of round 2 stops the run before round 3 is recorded or captured.
+    run_dir = tmp_path / "diverged"
+    _, seen, calls = run(run_dir, FakeGrid(4), rounds=4, background=background, diverge_after=2)
+    assert sorted(seen) == [0, 1, 2] and [c[0] for c in calls] == [1, 2]
+    assert sorted(p.stem[:4] for p in (run_dir / "captures").glob("*.safetensors")) == (
+        ["r001"] * 4 + ["r002"] * 4
+    )
 
 
 def test_node_map_trusts_no_duplicate_or_failed_answer() -> None:
