@@ -2,6 +2,7 @@
 
 1. plain Flower FedAvg (no capture wrapper),
 2. fedspeech with capture (``--capture-clients`` given, ``all`` by default),
+   and ``nocapture``: fedspeech capturing no client (``--capture-clients 0``),
 3. the same clients, local steps and evaluation as a sequential PyTorch loop in one
    process, with one torch thread (``seq-1``) and with two (``seq-2``; ``--seq-threads``).
 
@@ -102,12 +103,93 @@ def child(mode: str, args: argparse.Namespace, out: Path) -> None:
     t0 = time.perf_counter()
     if mode.startswith("seq-"):
         rounds = sequential(cfg, threads=int(mode.split("-")[1]))
+    elif mode.startswith("train-"):  # train-K-of-N
+        _, k, _, n = mode.split("-")
+        rounds = [train_share(cfg, int(k), int(n), ready=out)]
     else:
         from fedspeech.federation.simulate import simulate
 
+        if mode == "serial-eval":
+            _evaluate_in_the_foreground()
+        # nocapture and serial-eval: the wrapper, capturing none
         _, rec = simulate(cfg, plain=(mode == "plain"))
         rounds = [r["seconds"] for r in rec.rounds]
     atomic_write_json(out, {"rounds": rounds, "total": time.perf_counter() - t0})
+
+
+def _evaluate_in_the_foreground() -> None:
+    """Make the capture wrapper evaluate each round before the next one starts (as before
+    evaluation moved to the background), to measure what the overlap buys."""
+    from fedspeech.federation import server_app
+    from fedspeech.federation.strategy import HonestButCuriousStrategy
+
+    class Foreground(HonestButCuriousStrategy):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["evaluate_in_background"] = False
+            super().__init__(*args, **kwargs)
+
+    server_app.HonestButCuriousStrategy = Foreground  # type: ignore[misc]
+
+
+def train_share(cfg: Any, k: int, n: int, ready: Path) -> float:
+    """Seconds to train, on one torch thread, every ``n``-th client (from the ``k``-th) of
+    each round's sample, rounds 2 on, from the initial model: local training alone, no
+    aggregation, evaluation or messages. Two such processes side by side show how fast
+    two clients train at once on this machine. The ``n`` processes start training together:
+    each marks ``ready`` (its output path) once prepared and waits for the others'."""
+    import torch
+
+    from fedspeech.federation.server_app import model_kwargs
+    from fedspeech.federation.strategy import sample_clients
+    from fedspeech.models import build_model
+    from fedspeech.tasks import prepare_run
+    from fedspeech.tasks.prepare import open_features
+    from fedspeech.training import local_batches, train_local
+
+    torch.set_num_threads(1)
+    data = prepare_run(cfg)
+    feats, labels = open_features(str(data.features_path), str(data.labels_path))
+    torch.manual_seed(cfg.seed)
+    kwargs = model_kwargs(cfg, data)
+    start = build_model(cfg.model, **kwargs).state_dict()
+    Path(f"{ready}.ready").touch()
+    while len(list(ready.parent.glob(f"train-*-of-{n}.json.ready"))) < n:
+        time.sleep(0.01)
+    t = time.perf_counter()
+    for rnd in range(2, cfg.rounds + 1):
+        chosen = sample_clients(cfg.seed, rnd, cfg.clients, cfg.clients_per_round())
+        for cid in chosen[k::n]:
+            model = build_model(cfg.model, **kwargs)
+            model.load_state_dict(start)
+            batches = local_batches(
+                data.partitions[cid],
+                seed=cfg.seed,
+                server_round=rnd,
+                client_id=int(cid),
+                batch_size=cfg.batch_size,
+                epochs=cfg.local_epochs,
+                steps=cfg.local_steps,
+            )
+            train_local(model, feats, labels, batches, lr=cfg.lr, clip_norm=cfg.clip_norm)
+    return time.perf_counter() - t
+
+
+def train_floor(argv: list[str], tmp: Path) -> tuple[float, float]:
+    """(one process training all clients, two processes training half each side by side),
+    wall seconds, rounds 2 on."""
+    alone = run_mode("train-0-of-1", argv, tmp)["rounds"][0]
+    outs = [tmp / f"train-{k}-of-2.json" for k in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", f"train-{k}-of-2", "--child-out", str(out), *argv]
+        )
+        for k, out in zip((0, 1), outs, strict=True)
+    ]
+    if any(proc.wait() != 0 for proc in procs):
+        raise SystemExit("the side-by-side training processes failed")
+    # Both started together; the pair takes as long as the slower one.
+    pair = max(json.loads(out.read_text())["rounds"][0] for out in outs)
+    return alone, pair
 
 
 def sequential(cfg: Any, threads: int) -> list[float]:
@@ -195,6 +277,17 @@ def main() -> None:
     ap.add_argument("--capture", default="all", help="clients captured per round in mode 2")
     ap.add_argument("--skip-memory", action="store_true", help="skip the 1000-client run")
     ap.add_argument(
+        "--serial-eval",
+        action="store_true",
+        help="also run mode serial-eval: no capture, each round evaluated before the next",
+    )
+    ap.add_argument(
+        "--train-floor",
+        action="store_true",
+        help="also time the clients' local training alone, in one process and in two "
+        "side by side (the best a 2-process round can do on this machine)",
+    )
+    ap.add_argument(
         "--seq-threads",
         default="1,2",
         help="torch threads of the sequential loops, comma-separated (default 1,2)",
@@ -221,7 +314,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedspeech-bench-") as tmpd:
         tmp = Path(tmpd)
         seq_modes = [f"seq-{int(n)}" for n in args.seq_threads.split(",")]
-        res = {m: run_mode(m, base, tmp) for m in ("plain", "capture", *seq_modes)}
+        serial = ("serial-eval",) if args.serial_eval else ()
+        modes = ("plain", *serial, "nocapture", "capture", *seq_modes)
+        res = {m: run_mode(m, base, tmp) for m in modes}
+        floor = train_floor(base, tmp) if args.train_floor else None
         if not args.skip_memory:
             small = [
                 "--clients",
@@ -269,16 +365,31 @@ def main() -> None:
     startup = res["capture"]["rounds"][0] - mean_later(res["capture"])
     print(f"Ray start-up (round 1 minus a later round, capture mode): {startup:.1f} s")
     print(
-        f"capture / plain Flower (rounds 2..): {steady(res['capture']) / steady(res['plain']):.3f}"
-        "  (target <= 1.05)"
+        f"capture / no capture (rounds 2..): "
+        f"{steady(res['capture']) / steady(res['nocapture']):.3f}  (target <= 1.05)"
     )
-    targets = {"seq-1": 0.6, "seq-2": 1.0}
-    for seq in seq_modes:
-        threads = seq.split("-")[1]
-        target = f"  (target <= {targets[seq]})" if seq in targets else ""
+    print(
+        f"capture / plain Flower (rounds 2..): {steady(res['capture']) / steady(res['plain']):.3f}"
+    )
+    if args.serial_eval:
         print(
-            f"fedspeech round / sequential loop with {threads} torch thread(s) (rounds 2..): "
-            f"{steady(res['capture']) / steady(res[seq]):.3f}{target}"
+            f"no capture, evaluation overlapped / evaluated before the next round (rounds 2..): "
+            f"{steady(res['nocapture']) / steady(res['serial-eval']):.3f}"
+        )
+    targets = {"seq-1": 0.6, "seq-2": 1.0}
+    for mode in ("nocapture", "capture"):
+        for seq in seq_modes:
+            threads = seq.split("-")[1]
+            target = f"  (target <= {targets[seq]})" if seq in targets else ""
+            print(
+                f"{mode} round / sequential loop with {threads} torch thread(s) (rounds 2..): "
+                f"{steady(res[mode]) / steady(res[seq]):.3f}{target}"
+            )
+    if floor is not None:
+        alone, pair = floor
+        print(
+            f"local training alone, rounds 2..: one process {alone:.2f} s, two side by side "
+            f"{pair:.2f} s: {pair / alone:.3f} (0.5 if two cores were two independent ones)"
         )
     if not args.skip_memory:
         print(

@@ -129,7 +129,7 @@ class StoppableGrid:
     A grid without ``push_messages``/``pull_messages`` is asked as it is.
     """
 
-    def __init__(self, grid: Grid, stop: threading.Event, poll: float = 0.01) -> None:
+    def __init__(self, grid: Grid, stop: threading.Event, poll: float = 0.05) -> None:
         self._grid = grid
         self._stop = stop
         self._poll = poll
