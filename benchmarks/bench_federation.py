@@ -131,27 +131,64 @@ def _evaluate_in_the_foreground() -> None:
     server_app.HonestButCuriousStrategy = Foreground  # type: ignore[misc]
 
 
+def _prepared(cfg: Any, threads: int) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Set torch's threads, prepare the run: (run data, features, labels, model kwargs)."""
+    import torch
+
+    from fedspeech.federation.server_app import model_kwargs
+    from fedspeech.tasks import prepare_run
+    from fedspeech.tasks.prepare import open_features
+
+    torch.set_num_threads(threads)
+    data = prepare_run(cfg)
+    feats, labels = open_features(str(data.features_path), str(data.labels_path))
+    torch.manual_seed(cfg.seed)
+    return data, feats, labels, model_kwargs(cfg, data)
+
+
+def _train_client(
+    cfg: Any, prepared: tuple[Any, Any, Any, dict[str, Any]], weights: Any, rnd: int, cid: int
+) -> tuple[dict[str, Any], int]:
+    """One client's local training in round ``rnd`` from ``weights``, as the simulation's
+    client does it: (its new weights, examples seen)."""
+    from fedspeech.models import build_model
+    from fedspeech.training import local_batches, train_local
+
+    data, feats, labels, kwargs = prepared
+    model = build_model(cfg.model, **kwargs)
+    model.load_state_dict(weights)
+    batches = local_batches(
+        data.partitions[cid],
+        seed=cfg.seed,
+        server_round=rnd,
+        client_id=int(cid),
+        batch_size=cfg.batch_size,
+        epochs=cfg.local_epochs,
+        steps=cfg.local_steps,
+    )
+    res = train_local(
+        model,
+        feats,
+        labels,
+        batches,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        clip_norm=cfg.clip_norm,
+    )
+    return model.state_dict(), res.num_examples
+
+
 def train_share(cfg: Any, k: int, n: int, ready: Path) -> float:
     """Seconds to train, on one torch thread, every ``n``-th client (from the ``k``-th) of
     each round's sample, rounds 2 on, from the initial model: local training alone, no
     aggregation, evaluation or messages. Two such processes side by side show how fast
     two clients train at once on this machine. The ``n`` processes start training together:
     each marks ``ready`` (its output path) once prepared and waits for the others'."""
-    import torch
-
-    from fedspeech.federation.server_app import model_kwargs
     from fedspeech.federation.strategy import sample_clients
     from fedspeech.models import build_model
-    from fedspeech.tasks import prepare_run
-    from fedspeech.tasks.prepare import open_features
-    from fedspeech.training import local_batches, train_local
 
-    torch.set_num_threads(1)
-    data = prepare_run(cfg)
-    feats, labels = open_features(str(data.features_path), str(data.labels_path))
-    torch.manual_seed(cfg.seed)
-    kwargs = model_kwargs(cfg, data)
-    start = build_model(cfg.model, **kwargs).state_dict()
+    prepared = _prepared(cfg, threads=1)
+    start = build_model(cfg.model, **prepared[3]).state_dict()
     Path(f"{ready}.ready").touch()
     while len(list(ready.parent.glob(f"train-*-of-{n}.json.ready"))) < n:
         time.sleep(0.01)
@@ -159,18 +196,7 @@ def train_share(cfg: Any, k: int, n: int, ready: Path) -> float:
     for rnd in range(2, cfg.rounds + 1):
         chosen = sample_clients(cfg.seed, rnd, cfg.clients, cfg.clients_per_round())
         for cid in chosen[k::n]:
-            model = build_model(cfg.model, **kwargs)
-            model.load_state_dict(start)
-            batches = local_batches(
-                data.partitions[cid],
-                seed=cfg.seed,
-                server_round=rnd,
-                client_id=int(cid),
-                batch_size=cfg.batch_size,
-                epochs=cfg.local_epochs,
-                steps=cfg.local_steps,
-            )
-            train_local(model, feats, labels, batches, lr=cfg.lr, clip_norm=cfg.clip_norm)
+            _train_client(cfg, prepared, start, rnd, cid)
     return time.perf_counter() - t
 
 
@@ -199,21 +225,14 @@ def sequential(cfg: Any, threads: int) -> list[float]:
     test-set evaluation as the simulation; FedAvg weighted by examples.
     """
     import numpy as np
-    import torch
 
-    from fedspeech.federation.server_app import model_kwargs
     from fedspeech.federation.strategy import sample_clients
     from fedspeech.models import build_model
-    from fedspeech.tasks import prepare_run
-    from fedspeech.tasks.prepare import open_features
-    from fedspeech.training import evaluate, local_batches, train_local
+    from fedspeech.training import evaluate
 
-    torch.set_num_threads(threads)
-    data = prepare_run(cfg)
-    feats, labels = open_features(str(data.features_path), str(data.labels_path))
+    prepared = _prepared(cfg, threads)
+    data, feats, labels, kwargs = prepared
     test_x, test_y = np.ascontiguousarray(feats[data.test_indices]), labels[data.test_indices]
-    torch.manual_seed(cfg.seed)
-    kwargs = model_kwargs(cfg, data)
     glob = build_model(cfg.model, **kwargs)
     evaluate(glob, test_x, test_y)  # round 0, as the simulation does
     times = []
@@ -222,28 +241,9 @@ def sequential(cfg: Any, threads: int) -> list[float]:
         chosen = sample_clients(cfg.seed, rnd, cfg.clients, cfg.clients_per_round())
         states, weights = [], []
         for cid in chosen:
-            model = build_model(cfg.model, **kwargs)
-            model.load_state_dict(glob.state_dict())
-            batches = local_batches(
-                data.partitions[cid],
-                seed=cfg.seed,
-                server_round=rnd,
-                client_id=int(cid),
-                batch_size=cfg.batch_size,
-                epochs=cfg.local_epochs,
-                steps=cfg.local_steps,
-            )
-            res = train_local(
-                model,
-                feats,
-                labels,
-                batches,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                clip_norm=cfg.clip_norm,
-            )
-            states.append(model.state_dict())
-            weights.append(res.num_examples)
+            state, examples = _train_client(cfg, prepared, glob.state_dict(), rnd, cid)
+            states.append(state)
+            weights.append(examples)
         w = np.asarray(weights, dtype=np.float64) / sum(weights)
         glob.load_state_dict(
             {k: sum(float(wi) * s[k] for wi, s in zip(w, states, strict=True)) for k in states[0]}
