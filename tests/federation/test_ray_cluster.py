@@ -3,23 +3,29 @@
 The same seed gives the same rounds on the cluster twice, and the same rounds as a local
 run: clients are sampled by client id and replies averaged in client-id order, whichever
 node runs which client. Only the nodes this module started are stopped (found by their
-session folder and port).
+environment).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_KWS, TINY_SDD, rounds, simulate
+from tests.helpers import (
+    TINY_KWS,
+    TINY_SDD,
+    leftover_processes,
+    rounds,
+    simulate,
+    stop_processes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,25 +38,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pids_matching(text: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def stop_nodes(marker: str) -> None:
-    """Stop only the Ray processes of this module's cluster (found by ``marker``)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [p for p in pids_matching(marker) if p != os.getpid()]
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            return
-        time.sleep(2)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The address of a head node and a worker node, 1 CPU each, on 127.0.0.1."""
@@ -59,7 +46,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     # A short private temp dir: Ray's socket paths must stay under 107 characters.
     temp_dir = Path("/tmp") / f"fs-ray-{os.getpid()}-{port}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Every process of the cluster inherits the marker: only those are stopped.
+    marker = f"FEDSPEECH_TEST_CLUSTER={uuid.uuid4().hex}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **dict([marker.split("=")])}
     common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
     head = [str(RAY), "start", "--head", "--port", str(port), "--temp-dir", str(temp_dir)]
     worker = [str(RAY), "start", "--address", f"127.0.0.1:{port}"]
@@ -81,9 +70,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        stop_nodes(str(temp_dir))
-        stop_nodes(f"127.0.0.1:{port}")
-    assert not pids_matching(str(temp_dir))
+        stop_processes(marker)
+    assert not leftover_processes(marker, grace=5)
 
 
 def test_kws_runs_repeat_on_the_cluster_and_match_a_local_run(
