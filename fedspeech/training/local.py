@@ -177,9 +177,9 @@ def apply_gradient(
 
 
 #: Inputs per forward pass when evaluating. Small on purpose: the activations of a batch
-#: of 512 keyword clips take ~160 MB, which the allocator maps and unmaps every batch;
-#: page faults then cost more than the convolutions (0.47 s against 0.14 s for 600 clips
-#: on 2 cores). The kws-cnn logits came out bit-identical for batches of 64, 256 and 512.
+#: of 512 keyword clips take ~160 MB, which the allocator maps and unmaps every batch, and
+#: the page faults then cost more than the convolutions (``benchmarks/bench_eval_batch.py``
+#: prints both, and checks the logits are the same).
 EVAL_BATCH = 64
 
 
