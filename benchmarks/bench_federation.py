@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/bench_federation.py            # ~10 minutes on 2 cores
     python benchmarks/bench_federation.py --rounds 4 --skip-memory --seq-threads 1,2
+    python benchmarks/bench_federation.py --rounds 8 --skip-memory --repeat 3 --train-floor
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,13 +152,15 @@ def _train_client(
     cfg: Any, prepared: tuple[Any, Any, Any, dict[str, Any]], weights: Any, rnd: int, cid: int
 ) -> tuple[dict[str, Any], int]:
     """One client's local training in round ``rnd`` from ``weights``, as the simulation's
-    client does it: (its new weights, examples seen)."""
-    from fedspeech.models import build_model
+    client does it (one model per process, reused): (a copy of its new weights, examples
+    seen)."""
+    from fedspeech.federation.client_app import reusable_model
     from fedspeech.training import local_batches, train_local
 
     data, feats, labels, kwargs = prepared
-    model = build_model(cfg.model, **kwargs)
+    model = reusable_model(cfg.model, json.dumps(kwargs))
     model.load_state_dict(weights)
+    model.zero_grad(set_to_none=True)
     batches = local_batches(
         data.partitions[cid],
         seed=cfg.seed,
@@ -175,7 +179,8 @@ def _train_client(
         momentum=cfg.momentum,
         clip_norm=cfg.clip_norm,
     )
-    return model.state_dict(), res.num_examples
+    # The next client reuses the model: the loop keeps a copy, as a reply is one.
+    return {k: v.clone() for k, v in model.state_dict().items()}, res.num_examples
 
 
 def train_share(cfg: Any, k: int, n: int, ready: Path) -> float:
@@ -292,6 +297,12 @@ def main() -> None:
         default="1,2",
         help="torch threads of the sequential loops, comma-separated (default 1,2)",
     )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the modes this many times, interleaved; ratios are medians over repeats",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
@@ -316,7 +327,14 @@ def main() -> None:
         seq_modes = [f"seq-{int(n)}" for n in args.seq_threads.split(",")]
         serial = ("serial-eval",) if args.serial_eval else ()
         modes = ("plain", *serial, "nocapture", "capture", *seq_modes)
-        res = {m: run_mode(m, base, tmp) for m in modes}
+        # Repeats interleave the modes (A B C, A B C, ...): the machine's speed drifts by
+        # several percent over minutes, and a ratio of two modes run close together is
+        # steadier than one of modes run minutes apart.
+        reps: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for _ in range(args.repeat):
+            for m in modes:
+                reps[m].append(run_mode(m, base, tmp))
+        res = {m: reps[m][len(reps[m]) // 2] for m in modes}  # shown in the table
         floor = train_floor(base, tmp) if args.train_floor else None
         if not args.skip_memory:
             small = [
@@ -352,10 +370,18 @@ def main() -> None:
     def mean_later(r: dict[str, Any]) -> float:
         return steady(r) / max(len(r["rounds"]) - 1, 1)
 
+    def ratio(a: str, b: str) -> str:
+        """Median over repeats of mode a's rounds 2.. over mode b's, and their range."""
+        each = sorted(steady(x) / steady(y) for x, y in zip(reps[a], reps[b], strict=True))
+        spread = f" (from {each[0]:.3f} to {each[-1]:.3f}, {len(each)} repeats)"
+        return f"{statistics.median(each):.3f}{spread if len(each) > 1 else ''}"
+
     print(
         f"\nworkload: {args.clients} clients, fraction {args.fraction}, {args.rounds} rounds, "
         f"partition {args.partition}; capture mode captures {args.capture} per round"
     )
+    if args.repeat > 1:
+        print(f"each mode run {args.repeat} times, interleaved; the table shows the median run")
     print(f"{'mode':<12}{'round 1 s':>10}{'rounds 2.. s':>14}{'per round s':>13}{'peak GB':>9}")
     for m, r in res.items():
         print(
@@ -364,17 +390,12 @@ def main() -> None:
         )
     startup = res["capture"]["rounds"][0] - mean_later(res["capture"])
     print(f"Ray start-up (round 1 minus a later round, capture mode): {startup:.1f} s")
-    print(
-        f"capture / no capture (rounds 2..): "
-        f"{steady(res['capture']) / steady(res['nocapture']):.3f}  (target <= 1.05)"
-    )
-    print(
-        f"capture / plain Flower (rounds 2..): {steady(res['capture']) / steady(res['plain']):.3f}"
-    )
+    print(f"capture / no capture (rounds 2..): {ratio('capture', 'nocapture')}  (target <= 1.05)")
+    print(f"capture / plain Flower (rounds 2..): {ratio('capture', 'plain')}")
     if args.serial_eval:
         print(
-            f"no capture, evaluation overlapped / evaluated before the next round (rounds 2..): "
-            f"{steady(res['nocapture']) / steady(res['serial-eval']):.3f}"
+            "no capture, evaluation overlapped / evaluated before the next round (rounds 2..): "
+            f"{ratio('nocapture', 'serial-eval')}"
         )
     targets = {"seq-1": 0.6, "seq-2": 1.0}
     for mode in ("nocapture", "capture"):
@@ -383,7 +404,7 @@ def main() -> None:
             target = f"  (target <= {targets[seq]})" if seq in targets else ""
             print(
                 f"{mode} round / sequential loop with {threads} torch thread(s) (rounds 2..): "
-                f"{steady(res[mode]) / steady(res[seq]):.3f}{target}"
+                f"{ratio(mode, seq)}{target}"
             )
     if floor is not None:
         alone, pair = floor

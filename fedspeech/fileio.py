@@ -79,17 +79,29 @@ def atomic_write_json(
     atomic_write_text(path, text + "\n")
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and a rename."""
+def atomic_write_with(path: Path, write: Callable[[str], Any], suffix: str = ".tmp") -> Path:
+    """Let ``write(tmp_path)`` create the file at a temporary path, then rename it to ``path``.
+
+    For writers that take a file name (``np.save``, ``safetensors.torch.save_file``): they
+    write straight to disk, without first building the whole file in memory. The temporary
+    file is removed if ``write`` fails or is interrupted.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        np.save(tmp, array, allow_pickle=False)
+        write(tmp)
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename."""
+    # The suffix keeps np.save from appending ".npy" to the temporary name.
+    atomic_write_with(path, lambda tmp: np.save(tmp, array, allow_pickle=False), suffix=".npy")
 
 
 def publish_dir(tmp: Path, root: Path, already_complete: Callable[[], bool]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
 from fedspeech.errors import FedspeechError
 
@@ -140,7 +140,7 @@ def capture_name(server_round: int, client_id: int) -> str:
 
 def save_capture(capture: Capture, path: Path) -> Path:
     """Write ``capture`` to ``path`` atomically (temporary file, then rename)."""
-    from fedspeech.fileio import atomic_write_bytes
+    from fedspeech.fileio import atomic_write_with
 
     if capture.kind not in KINDS:
         raise ValueError(f"capture kind must be one of {KINDS}, got {capture.kind!r}")
@@ -163,8 +163,8 @@ def save_capture(capture: Capture, path: Path) -> Path:
         "training": json.dumps(capture.training),
         "param_order": json.dumps(list(capture.global_weights)),
     }
-    atomic_write_bytes(path, save(tensors, metadata=meta))
-    return path
+    # Straight to disk (a temporary file, then a rename): no copy of the file in memory.
+    return atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_capture(path: str | Path) -> Capture:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedspeech.capture import reply_steps
 from fedspeech.models import build_model
@@ -50,6 +52,17 @@ def injected_fault(client_id: int, server_round: int) -> str | None:
     return None
 
 
+@lru_cache(maxsize=2)
+def reusable_model(name: str, kwargs_json: str) -> nn.Module:
+    """The model ``name`` built with ``kwargs_json`` once per process, then reused.
+
+    A client loads the global weights into it (every parameter and buffer), so what it was
+    initialised with or trained to before never reaches a reply; building a model for each
+    call cost a few percent of a round (its random initialisation is thrown away).
+    """
+    return build_model(name, **json.loads(kwargs_json))
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Reply with the client's id (the server's node-id map is built from these replies)."""
@@ -68,12 +81,14 @@ def train(msg: Message, context: Context) -> Message:
     fault = injected_fault(client_id, server_round)
     if fault == "raise":
         raise RuntimeError(f"injected test fault: client {client_id}, round {server_round}")
-    # Dropout masks and other torch draws: a function of (seed, round, client) only.
-    seed_torch(seed, server_round, client_id)
     feats, labels = open_features(str(_get(cfg, "features-path")), str(_get(cfg, "labels-path")))
     indices = open_partition(str(_get(cfg, "partition-path")))[client_id]
-    model = build_model(str(_get(cfg, "model")), **json.loads(str(_get(cfg, "model-kwargs"))))
+    model = reusable_model(str(_get(cfg, "model")), str(_get(cfg, "model-kwargs")))
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.zero_grad(set_to_none=True)  # nothing of the previous call carries over
+    # Dropout masks and other torch draws: a function of (seed, round, client) only, seeded
+    # after the model is at hand (a first build draws its initialisation, a reuse does not).
+    seed_torch(seed, server_round, client_id)
 
     share = str(_get(cfg, "share"))
     batches = local_batches(

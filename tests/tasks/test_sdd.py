@@ -339,12 +339,52 @@ def _tiny_run(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return data, attack
 
 
+def _client_message(
+    data: Path, weights: dict[str, torch.Tensor], server_round: int = 1, **config: Any
+) -> Any:
+    """A train message for client 0 of :func:`_tiny_run`'s data (RoGA on attacks)."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
+
+    settings: dict[str, Any] = {
+        "features-path": str(data / "features.npy"),
+        "labels-path": str(data / "labels.npy"),
+        "partition-path": str(data / "partition.json"),
+        "model": "aasist-xs",
+        "model-kwargs": json.dumps({"num_classes": 2, "num_samples": CLIP}),
+        "share": "update",
+        "lr": 1e-3,
+        "batch-size": 4,
+        "local-epochs": 1,
+        "local-steps": 1,
+        "seed": 0,
+        "server-round": server_round,
+        "task": "sdd",
+        "augment": "rawboost:3",
+        "alignment": "roga",
+        "optimizer": "adam",
+        "roga-rho": 0.1,
+        "roga-alpha": 2e-4,
+        "roga-domains": "attack",
+        **config,
+    }
+    content = RecordDict(
+        {"arrays": ArrayRecord(weights), "config": ConfigRecord(settings)}  # type: ignore[arg-type]
+    )
+    # Explicit metadata: a message made outside a Flower run has no run identity to take.
+    meta = Metadata(0, "m", 0, 1, "", "", created_at=time.time(), ttl=600, message_type="train")
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload]
+
+
+def _client_context() -> Any:
+    from flwr.app import Context, RecordDict
+
+    return Context(0, 0, {"partition-id": 0}, RecordDict(), {})
+
+
 @pytest.mark.parametrize("kind", ["attack", "path"])
 def test_client_passes_the_configured_roga_domains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
-
     import fedspeech.tasks.sdd as sdd_mod
     from fedspeech.federation.client_app import train
 
@@ -357,44 +397,40 @@ def test_client_passes_the_configured_roga_domains(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sdd_mod, "train_sdd", spy)
-    config = {
-        "features-path": str(data / "features.npy"),
-        "labels-path": str(data / "labels.npy"),
-        "partition-path": str(data / "partition.json"),
-        "model": "aasist-xs",
-        "model-kwargs": json.dumps({"num_classes": 2, "num_samples": CLIP}),
-        "share": "update",
-        "lr": 1e-3,
-        "batch-size": 4,
-        "local-epochs": 1,
-        "local-steps": 1,
-        "seed": 0,
-        "server-round": 1,
-        "task": "sdd",
-        "augment": "rawboost:3",
-        "alignment": "roga",
-        "optimizer": "adam",
-        "roga-rho": 0.1,
-        "roga-alpha": 2e-4,
-        "roga-domains": kind,
-    }
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(_fresh_model().state_dict()),
-            "config": ConfigRecord(config),  # type: ignore[arg-type]
-        }
-    )
-    # Explicit metadata: a message made outside a Flower run has no run identity to take.
-    meta = Metadata(0, "m", 0, 1, "", "", created_at=time.time(), ttl=600, message_type="train")
-    msg = Message(content=content, metadata=meta)  # type: ignore[call-overload]
-    context = Context(0, 0, {"partition-id": 0}, RecordDict(), {})
-    reply = train(msg, context)
+    settings: dict[str, Any] = {"roga-domains": kind}
+    msg = _client_message(data, _fresh_model().state_dict(), **settings)
+    reply = train(msg, _client_context())
     assert 0.0 <= float(reply.content.metric_records["metrics"]["conflict-rate"]) <= 1.0  # type: ignore[arg-type]
     (domains,) = seen
     if kind == "path":
         assert domains is None
     else:
         assert domains is not None and domains.tolist() == attack.tolist()
+
+
+def test_a_reused_client_model_replies_as_a_fresh_one(tmp_path: Path) -> None:
+    """The client process keeps its model between calls: a reply must not depend on what
+    the process ran before (weights, gradients, optimiser or random state)."""
+    from fedspeech.federation.client_app import reusable_model, train
+
+    data, _ = _tiny_run(tmp_path)
+    start = _fresh_model().state_dict()
+    other = {k: v + 0.01 for k, v in start.items()}
+
+    def reply(msg: Any) -> dict[str, torch.Tensor]:
+        out = train(msg, _client_context())
+        return out.content.array_records["arrays"].to_torch_state_dict()  # type: ignore[no-any-return]
+
+    reusable_model.cache_clear()
+    fresh = reply(_client_message(data, start, server_round=2))
+    assert reusable_model.cache_info().currsize == 1
+    reply(_client_message(data, other, server_round=1, alignment="pcgrad"))  # other work first
+    again = reply(_client_message(data, start, server_round=2))
+    assert reusable_model.cache_info().hits >= 2  # the same model object served every call
+    assert fresh.keys() == again.keys()
+    for name in fresh:
+        assert torch.equal(fresh[name], again[name]), name
+    assert any(not torch.equal(fresh[n], start[n]) for n in start)  # it did train
 
 
 def test_sdd_scores_hand_cases() -> None:
