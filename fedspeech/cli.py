@@ -1,4 +1,4 @@
-"""Command-line interface: ``fedspeech simulate``, ``fedspeech audit``, ``fedspeech data synth``.
+"""Command-line interface: ``fedspeech simulate``, ``audit``, ``report``, ``data synth``.
 
 The flags are derived from the settings' declarations (:mod:`fedspeech.config` for
 ``simulate``, the audit's settings dataclasses for ``audit``): name, type, default, help,
@@ -51,6 +51,15 @@ examples:
       only round 5, at most 20 samples, stage 1 split over 2 processes
 """
 
+
+_REPORT_EXAMPLES = """\
+examples:
+  fedspeech report runs/my-run
+      RUN_DIR/report/index.html: settings, utility and leakage per round, one card per
+      audited sample with its audio (open it in a browser, from disk)
+  fedspeech report runs/my-run --embed
+      the same page with audio and images inside it: one file to send
+"""
 
 _METAVARS: dict[type, str] = {int: "N", float: "X"}
 
@@ -197,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_audit_parser(sub)
+    rep = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report/index.html: the run and its audit, to read and listen to",
+        description="Write one HTML page about a run: settings, utility and leakage per round,\n"
+        "and every audited sample with its audio. It opens from disk, offline.",
+        epilog=_REPORT_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="run folder of fedspeech simulate")
+    rep.add_argument(
+        "--embed",
+        action="store_true",
+        help="put audio and images inside the page (one file to send; larger)",
+    )
     return parser
 
 
@@ -231,6 +254,18 @@ def _run_audit(args: argparse.Namespace) -> None:
     else:
         print("no truth/ folder: reconstructions written, leakage not scored")
     print(f"results in {out}: leakage.csv, summary.json, wav/, spectrograms/")
+    _auto_report(Path(args.run_dir))
+
+
+def _auto_report(run_dir: Path) -> None:
+    """The run's report after ``audit`` and ``simulate --audit``; a failure only warns (the
+    results it would show are already saved)."""
+    from fedspeech.report.html import write_report
+
+    try:
+        print(f"report: {write_report(run_dir)}")
+    except FedspeechError as exc:
+        print(f"fedspeech: warning: report not written: {exc}", file=sys.stderr)
 
 
 # ``fedspeech data synth`` flag -> the simulate setting whose declaration checks it.
@@ -310,11 +345,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # is reported in a second, and the other commands never load them.
             from fedspeech.federation.simulate import simulate
 
-            simulate(cfg)
+            run_dir, _ = simulate(cfg)
+            if cfg.audit:
+                _auto_report(run_dir)
         elif args.command == "data" and args.data_command == "synth":
             _run_synth(args)
         elif args.command == "audit":
             _run_audit(args)
+        elif args.command == "report":
+            from fedspeech.report.html import write_report
+
+            print(write_report(Path(args.run_dir), embed=args.embed))
     except FedspeechError as exc:
         print(f"fedspeech: error: {exc}", file=sys.stderr)
         return exc.exit_code

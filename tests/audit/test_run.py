@@ -340,6 +340,10 @@ def test_stage1_as_ray_tasks(run_dir: Path, audited: tuple[dict, float], tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "audited 1 captures, 1 samples" in proc.stdout and "not scored" in proc.stdout
+    # fedspeech audit ends with the run's report, which says the leakage is not scored.
+    page = (copy / "report" / "index.html").read_text()
+    assert f"report: {copy / 'report' / 'index.html'}" in proc.stdout
+    assert "reconstructions are not scored" in page and page.count('<li class="card"') == 1
     # One target alone in a Ray task follows the trajectory it had batched in-process, up
     # to rounding (which 200 large Adam steps amplify to about 1e-2 on values up to 10).
     name = "reconstructions/r001_c0001.safetensors"

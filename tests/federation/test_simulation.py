@@ -132,3 +132,6 @@ def test_audit_after_each_round(tmp_path: Path, tiny_cache: Path) -> None:
     assert summary["samples"] == 2  # both rounds' captures, summarised together
     rounds = {int(p.stem[1:4]) for p in (run / "audit" / "samples").glob("*.json")}
     assert rounds == {1, 2}
+    # simulate --audit ends with the run's report: one card per audited sample.
+    page = (run / "report" / "index.html").read_text()
+    assert page.count('<li class="card"') == 2 and "Leakage" in page

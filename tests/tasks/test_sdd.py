@@ -516,6 +516,10 @@ def test_tiny_sdd_simulation(tmp_path: Path, tiny_spoof_root: Path) -> None:
     assert metrics["final"]["eer"] == metrics["rounds"][-1]["eer"]
     assert (run / "eer.png").stat().st_size > 1000
     assert 'task = "sdd"' in (run / "config.toml").read_text()
+    # The report simulate --audit ends with: EER per round, the waveform-domain samples.
+    page = (run / "report" / "index.html").read_text()
+    assert "EER unseen" in page and page.count('<li class="card"') >= 2
+    assert "no DET curve" in page and "Traceback" not in proc.stderr
 
     caps = sorted((run / "captures").glob("*.safetensors"))
     assert len(caps) == 2

@@ -1,0 +1,486 @@
+"""``fedspeech report RUN_DIR``: one HTML page per run, to read, look at and listen to.
+
+The page (``RUN_DIR/report/index.html``) works offline, opened from disk: its styles and its
+one small script are inline, its charts are PNGs in ``RUN_DIR/report/``, and its audio and
+spectrograms are the audit's own files, linked by relative path (or embedded as ``data:``
+URIs with ``embed=True``, so that the page is one file to send).
+
+It shows what the run folder holds and says what it does not:
+
+* the run's settings and the versions it ran on (``config.toml``, ``run.json``);
+* utility per round (accuracy and loss; EER for ``--task sdd``) and leakage per audited
+  round, as charts and a table (``metrics.json``, ``audit/leakage.csv``);
+* the leakage summary (from features, from gradients, and a random guess: seeded noise at
+  each clip's loudness, scored by the same metrics; chance for labels and content);
+* one card per audited sample: the original, the waveform rebuilt from the true features
+  and the one rebuilt from the shared gradient, each in an ``<audio>`` player, the
+  spectrogram triple and the sample's scores; the cards sort by any score.
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     _ = (Path(tmp) / "config.toml").write_text('[simulate]\\ntask = "kws"\\n')
+...     page = write_report(tmp)
+...     print(page.name, "no metrics.json" in page.read_text())
+index.html True
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import mimetypes
+import tomllib
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedspeech.errors import DataError
+from fedspeech.fileio import atomic_save_figure, atomic_write_text
+
+REPORT_DIR = "report"
+
+# Scores a card shows and the page sorts by: leakage.csv column -> (label, format, higher is
+# better for the attacker).
+CARD_SCORES: dict[str, tuple[str, str, bool]] = {
+    "stoi": ("STOI", ".3f", True),
+    "pesq_nb": ("PESQ-NB", ".2f", True),
+    "pesq_wb": ("PESQ-WB", ".2f", True),
+    "f_mse": ("F-MSE", ".2e", False),
+    "speaker_cosine": ("speaker cosine", ".3f", True),
+}
+
+# summary.json metric -> label; the rows of the leakage summary table, in order.
+SUMMARY_ROWS: dict[str, str] = {
+    "label_accuracy": "labels recovered",
+    "f_mse": "F-MSE (features)",
+    "pesq_nb": "PESQ-NB",
+    "pesq_wb": "PESQ-WB",
+    "stoi": "STOI",
+    "speaker_reid_rate": "speaker re-identified",
+    "content_rate": "word heard (content)",
+}
+
+# The settings shown at the top of the page (config.toml keys), when the run has them.
+SHOWN_SETTINGS = (
+    "task",
+    "dataset",
+    "data-root",
+    "model",
+    "frontend",
+    "clients",
+    "fraction",
+    "rounds",
+    "local-epochs",
+    "batch-size",
+    "lr",
+    "share",
+    "partition",
+    "capture-clients",
+    "augment",
+    "alignment",
+    "clip-norm",
+    "seed",
+)
+
+
+@dataclass
+class Sample:
+    """One audited sample: its scores, its files (relative to the page) and captions."""
+
+    key: str
+    row: dict[str, str]
+    audio: dict[str, str | None] = field(default_factory=dict)
+    spectrogram: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not readable JSON ({exc})") from None
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _number(value: Any) -> float:
+    """A CSV or JSON cell as a float; NaN when empty or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(value: Any, spec: str) -> str:
+    x = _number(value)
+    return "–" if not math.isfinite(x) else format(x, spec)
+
+
+class _Links:
+    """Turns a run file into what the page links to: a relative path or a ``data:`` URI."""
+
+    def __init__(self, run_dir: Path, embed: bool) -> None:
+        self.run_dir, self.embed = run_dir, embed
+
+    def __call__(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        if self.embed:
+            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+        return Path("..", path.relative_to(self.run_dir)).as_posix()
+
+
+def _settings(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(cfg[k])) for k in SHOWN_SETTINGS if k in cfg and cfg[k] not in ("", None)]
+
+
+def _utility_chart(out: Path, metrics: Mapping[str, Any], sdd: bool) -> Path | None:
+    """``utility.png``: test accuracy and loss per round, or EER on seen/unseen attacks."""
+    rounds = list(metrics.get("rounds") or [])
+    if not rounds:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    initial = metrics.get("initial") or {}
+    rows = ([{"round": 0, **initial}] if initial else []) + rounds
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
+    keys = (
+        (("eer", "EER, seen attacks"), ("eer_unseen", "EER, unseen attacks"))
+        if sdd
+        else (("accuracy", "test accuracy"),)
+    )
+    for key, label in keys:
+        pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right" if not sdd else "upper right", fontsize=8)
+    if not sdd:
+        ax2 = ax.twinx()
+        pts = [(r["round"], r["loss"]) for r in rows if r.get("loss") is not None]
+        if pts:
+            ax2.plot(*zip(*pts, strict=True), color="tab:red", alpha=0.6, marker=".")
+        ax2.set_ylabel("test loss", color="tab:red")
+    ax.set_title("Global model per round")
+    fig.tight_layout()
+    path = atomic_save_figure(fig, out / "utility.png")
+    plt.close(fig)
+    return path
+
+
+def _leakage_rounds(rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """Per audited round: samples and the mean of each score from the gradient."""
+    out = []
+    for rnd in sorted(
+        {int(_number(r["round"])) for r in rows if math.isfinite(_number(r["round"]))}
+    ):
+        sub = [r for r in rows if _number(r["round"]) == rnd]
+        entry: dict[str, Any] = {"round": rnd, "n": len(sub)}
+        for key in ("label_correct", "pesq_nb", "stoi", "speaker_reidentified", "content_correct"):
+            vals = [_number(r.get(key)) for r in sub]
+            vals = [v for v in vals if math.isfinite(v)]
+            entry[key] = float(np.mean(vals)) if vals else math.nan
+        out.append(entry)
+    return out
+
+
+def _leakage_chart(out: Path, per_round: Sequence[Mapping[str, Any]]) -> Path | None:
+    """``leakage.png``: leakage from the gradients per audited round (two rounds or more)."""
+    if len(per_round) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.2), dpi=110)
+    xs = [r["round"] for r in per_round]
+    for key, label in (
+        ("stoi", "STOI"),
+        ("label_correct", "labels"),
+        ("speaker_reidentified", "speaker re-id"),
+    ):
+        ax.plot(xs, [r[key] for r in per_round], marker="o", label=label)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for axis in (ax, ax2):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.plot(xs, [r["pesq_nb"] for r in per_round], marker="o", color="tab:purple")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("PESQ-NB")
+    ax2.grid(alpha=0.3)
+    fig.suptitle("Leakage from the captured updates, per round")
+    fig.tight_layout()
+    path = atomic_save_figure(fig, out / "leakage.png")
+    plt.close(fig)
+    return path
+
+
+def random_guess(
+    audit_dir: Path, rows: Sequence[Mapping[str, str]], limit: int = 50
+) -> dict[str, Any]:
+    """PESQ-NB and STOI of seeded Gaussian noise at each original's RMS, against it.
+
+    What an attacker who learned nothing would score on the same clips (the first
+    ``limit`` samples with an original WAV); ``n`` is how many were scored.
+    """
+    import soundfile as sf
+
+    from attacks.scoring import METRICS
+
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {"pesq_nb": [], "stoi": []}
+    n = 0
+    for r in rows:
+        if n >= limit:
+            break
+        path = audit_dir / "wav" / f"{r['capture']}_{r['index']}_original.wav"
+        if not path.is_file():
+            continue
+        original, _ = sf.read(path, dtype="float32")
+        rms = float(np.sqrt(np.mean(original.astype(np.float64) ** 2))) or 1e-3
+        noise = (rms * rng.standard_normal(original.shape)).astype(np.float32)
+        n += 1
+        for name in scores:
+            with warnings.catch_warnings():
+                # Noise often has no "utterance" for PESQ: a NaN, expected, not news.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value = float(METRICS.get(name)(original, noise))
+            if math.isfinite(value):
+                scores[name].append(value)
+    return {"n": n, **{k: float(np.mean(v)) if v else math.nan for k, v in scores.items()}}
+
+
+def _summary_table(
+    summary: Mapping[str, Any], guess: Mapping[str, Any], classes: int | None
+) -> list[dict[str, str]]:
+    """Rows of the leakage summary: metric, from features, from gradients, random guess."""
+    grad = summary.get("from_gradients") or {}
+    feat = summary.get("from_features") or {}
+    chance = {
+        "label_accuracy": 1 / classes if classes else math.nan,
+        "content_rate": 1 / classes if classes else math.nan,
+        "pesq_nb": guess.get("pesq_nb", math.nan),
+        "stoi": guess.get("stoi", math.nan),
+    }
+
+    def cell(stats: Any, spec: str) -> str:
+        if not isinstance(stats, Mapping) or stats.get("mean") is None:
+            return "–"
+        return f"{_fmt(stats['mean'], spec)} ± {_fmt(stats.get('std'), spec)} (n={stats.get('n')})"
+
+    out = []
+    for key, label in SUMMARY_ROWS.items():
+        if key not in grad and key not in feat:
+            continue
+        spec = ".2e" if key == "f_mse" else ".2f"
+        out.append(
+            {
+                "metric": label,
+                "features": cell(feat.get(key), spec),
+                "gradients": cell(grad.get(key), spec),
+                "guess": _fmt(chance.get(key), spec),
+            }
+        )
+    return out
+
+
+def _samples(run_dir: Path, rows: Sequence[dict[str, str]], link: _Links) -> list[Sample]:
+    audit = run_dir / "audit"
+    out = []
+    for r in rows:
+        stem = f"{r['capture']}_{r['index']}"
+        sample = Sample(key=stem, row=r)
+        for kind in ("original", "from_features", "reconstruction"):
+            sample.audio[kind] = link(audit / "wav" / f"{stem}_{kind}.wav")
+        sample.spectrogram = link(audit / "spectrograms" / f"{stem}.png")
+        sample.scores = {k: _number(r.get(k)) for k in CARD_SCORES}
+        sample.scores["round"] = _number(r.get("round"))
+        out.append(sample)
+    return out
+
+
+def _missing(
+    run_dir: Path, metrics: Any, summary: Any, rows: Sequence[Any], cfg: Mapping[str, Any]
+) -> list[str]:
+    """What the page cannot show, and how to get it."""
+    notes = []
+    if metrics is None:
+        notes.append("no metrics.json: the run recorded no round (or this is not a run folder)")
+    elif metrics.get("interrupted"):
+        done = len(metrics.get("rounds") or [])
+        notes.append(
+            f"the run was interrupted after {done} round(s): "
+            f"`fedspeech simulate --resume {run_dir}` finishes it"
+        )
+    if metrics is not None and metrics.get("diverged"):
+        notes.append(f"training diverged: {metrics['diverged']}")
+    audit = run_dir / "audit"
+    captures = sorted((run_dir / "captures").glob("*.safetensors"))
+    if summary is None:
+        done = len(list((audit / "samples").glob("*.json"))) if audit.is_dir() else 0
+        if done:
+            notes.append(
+                f"the audit did not finish ({done} of {len(captures)} captures attacked, no "
+                f"summary.json): `fedspeech audit {run_dir}` finishes it and reuses what is done"
+            )
+        elif captures:
+            notes.append(
+                f"not audited: {len(captures)} captures are waiting; `fedspeech audit {run_dir}` "
+                "attacks them"
+            )
+        else:
+            notes.append("no captures: the server kept no client's update (--capture-clients 0)")
+    elif not summary.get("scored"):
+        notes.append("the audit has no truth/ folder: reconstructions are not scored")
+    if summary is not None and not rows:
+        notes.append("the audit reconstructed no sample")
+    if not (run_dir / "run.json").is_file():
+        notes.append("no run.json: the versions and command line were not recorded")
+    if cfg.get("task") == "sdd":
+        notes.append("no DET curve: `fedspeech evaluate` results are not part of this run folder")
+    return notes
+
+
+def write_report(run_dir: Path | str, *, embed: bool = False) -> Path:
+    """Write ``RUN_DIR/report/index.html`` (and its charts); return the page's path.
+
+    Parameters
+    ----------
+    run_dir : Path or str
+        A folder written by ``fedspeech simulate`` (audited or not).
+    embed : bool
+        Put audio and images into the page as ``data:`` URIs: one file to send.
+
+    Raises
+    ------
+    DataError
+        ``run_dir`` is not a folder, has no ``config.toml``, holds unreadable files, or the
+        report cannot be written there.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError(f"report: {run} is not a folder")
+    cfg_path = run / "config.toml"
+    if not cfg_path.is_file():
+        raise DataError(f"report: {run} has no config.toml (not a fedspeech run folder)")
+    try:
+        cfg: dict[str, Any] = tomllib.loads(cfg_path.read_text(encoding="utf-8")).get(
+            "simulate", {}
+        )
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"report: {cfg_path} is not readable TOML ({exc})") from None
+    metrics = _read_json(run / "metrics.json")
+    info = _read_json(run / "run.json") or {}
+    summary = _read_json(run / "audit" / "summary.json")
+    rows = [r for r in _read_csv(run / "audit" / "leakage.csv") if r.get("capture")]
+    index = _read_json(run / "data" / "index.json") or {}
+
+    out = run / REPORT_DIR
+    try:
+        return _write(run, out, cfg, metrics, info, summary, rows, index, embed)
+    except OSError as exc:  # a read-only run folder, a full disk
+        raise DataError(f"report: cannot write {out} ({exc.strerror or exc})") from None
+
+
+def _write(
+    run: Path,
+    out: Path,
+    cfg: Mapping[str, Any],
+    metrics: Any,
+    info: Mapping[str, Any],
+    summary: Any,
+    rows: list[dict[str, str]],
+    index: Mapping[str, Any],
+    embed: bool,
+) -> Path:
+    """Charts, then the page (atomically), into ``out``."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    classes = len(index.get("classes") or []) or None
+    out.mkdir(parents=True, exist_ok=True)
+    link = _Links(run, embed)
+    own = _Links(out, embed)  # files of the report folder itself
+
+    def own_link(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        return own(path) if embed else path.name
+
+    sdd = cfg.get("task") == "sdd"
+    per_round = _leakage_rounds(rows)
+    charts = {
+        "utility": own_link(_utility_chart(out, metrics or {}, sdd)),
+        "leakage": own_link(_leakage_chart(out, per_round)),
+        "summary": link(run / "audit" / "summary.png"),
+    }
+    guess = random_guess(run / "audit", rows) if summary and summary.get("scored") else {}
+    samples = _samples(run, rows, link)
+    labels = list(index.get("classes") or [])
+
+    def word(value: Any) -> str:
+        i = _number(value)
+        if not math.isfinite(i):
+            return "–"
+        return labels[int(i)] if 0 <= int(i) < len(labels) else str(int(i))
+
+    env = Environment(
+        loader=PackageLoader("fedspeech.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = _fmt
+    env.filters["word"] = word
+    page = env.get_template("run.html.j2").render(
+        title=f"fedspeech report: {run.name}",
+        run_name=run.name,
+        settings=_settings(cfg),
+        versions=sorted((info.get("versions") or {}).items()),
+        git_commit=info.get("git_commit"),
+        started=info.get("started"),
+        metrics=metrics or {},
+        rounds=list((metrics or {}).get("rounds") or []),
+        sdd=sdd,
+        charts=charts,
+        per_round=per_round,
+        summary_rows=_summary_table(summary or {}, guess, classes) if summary else [],
+        guess_n=guess.get("n", 0),
+        samples=samples,
+        card_scores=CARD_SCORES,
+        missing=_missing(run, metrics, summary, rows, cfg),
+        embed=embed,
+    )
+    path = out / "index.html"
+    atomic_write_text(path, page)
+    return path
+
+
+__all__ = ["CARD_SCORES", "REPORT_DIR", "Sample", "random_guess", "write_report"]
