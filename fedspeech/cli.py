@@ -206,20 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_audit_parser(sub)
-    rep = sub.add_parser(
-        "report",
-        help="write RUN_DIR/report/index.html: the run and its audit, to read and listen to",
-        description="Write one HTML page about a run: settings, utility and leakage per round,\n"
-        "and every audited sample with its audio. It opens from disk, offline.",
-        epilog=_REPORT_EXAMPLES,
-        formatter_class=_Formatter,
-    )
-    rep.add_argument("run_dir", metavar="RUN_DIR", help="run folder of fedspeech simulate")
-    rep.add_argument(
-        "--embed",
-        action="store_true",
-        help="put audio and images inside the page (one file to send; larger)",
-    )
+    _add_report_parser(sub)
     return parser
 
 
@@ -233,10 +220,32 @@ def _add_audit_parser(sub: Any) -> None:
         epilog=_AUDIT_EXAMPLES,
         formatter_class=_Formatter,
     )
-    aud.add_argument("run_dir", metavar="RUN_DIR", help="run folder of fedspeech simulate")
+    _add_run_dir(aud)
     groups = {key: aud.add_argument_group(title) for key, title in AUDIT_GROUPS.items()}
     add_settings(aud, AuditSettings, groups=groups)
     aud.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_run_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder of fedspeech simulate")
+
+
+def _add_report_parser(sub: Any) -> None:
+    """``fedspeech report RUN_DIR``: the run's HTML page."""
+    rep = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report/index.html: the run and its audit, to read and listen to",
+        description="Write one HTML page about a run: settings, utility and leakage per round,\n"
+        "and every audited sample with its audio. It opens from disk, offline.",
+        epilog=_REPORT_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    _add_run_dir(rep)
+    rep.add_argument(
+        "--embed",
+        action="store_true",
+        help="put audio and images inside the page (one file to send; larger)",
+    )
 
 
 def _run_audit(args: argparse.Namespace) -> None:

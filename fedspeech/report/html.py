@@ -34,6 +34,7 @@ import csv
 import json
 import math
 import mimetypes
+import os
 import tomllib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -133,18 +134,19 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 class _Links:
-    """Turns a run file into what the page links to: a relative path or a ``data:`` URI."""
+    """What the page links to for a file: its path relative to the page, or a ``data:`` URI
+    (``embed``); None for a file that is not there."""
 
-    def __init__(self, run_dir: Path, embed: bool) -> None:
-        self.run_dir, self.embed = run_dir, embed
+    def __init__(self, page_dir: Path, embed: bool) -> None:
+        self.page_dir, self.embed = page_dir, embed
 
-    def __call__(self, path: Path) -> str | None:
-        if not path.is_file():
+    def __call__(self, path: Path | None) -> str | None:
+        if path is None or not path.is_file():
             return None
         if self.embed:
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-        return Path("..", path.relative_to(self.run_dir)).as_posix()
+        return Path(os.path.relpath(path, self.page_dir)).as_posix()
 
 
 def _settings(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -426,19 +428,12 @@ def _write(
 
     classes = len(index.get("classes") or []) or None
     out.mkdir(parents=True, exist_ok=True)
-    link = _Links(run, embed)
-    own = _Links(out, embed)  # files of the report folder itself
-
-    def own_link(path: Path | None) -> str | None:
-        if path is None:
-            return None
-        return own(path) if embed else path.name
-
+    link = _Links(out, embed)
     sdd = cfg.get("task") == "sdd"
     per_round = _leakage_rounds(rows)
     charts = {
-        "utility": own_link(_utility_chart(out, metrics or {}, sdd)),
-        "leakage": own_link(_leakage_chart(out, per_round)),
+        "utility": link(_utility_chart(out, metrics or {}, sdd)),
+        "leakage": link(_leakage_chart(out, per_round)),
         "summary": link(run / "audit" / "summary.png"),
     }
     guess = random_guess(run / "audit", rows) if summary and summary.get("scored") else {}
