@@ -8,6 +8,12 @@ gradient is estimated as the scaled weight difference ``(w_global - w_shared) / 
 updates). A client that clipped its local steps (``training["clip_norm"]`` in the capture)
 moved by at most ``lr * clip_norm`` a step: the estimate then has the clipped gradient's
 direction and a smaller norm, which a cosine matching loss does not see.
+
+A defended capture (``training["defense"]``, see :mod:`fedspeech.training.defense`) is
+attacked as it is, as an informed server would: the noise cannot be removed, a quantised
+update is matched as the dequantised values it holds, and a pruned update is matched on
+its kept entries only (:attr:`AttackTarget.mask`): its zeros say nothing about the
+gradient there.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ class AttackTarget:
     caveat : str
         Empty when ``grads`` is the client's gradient exactly (a gradient capture, or one
         plain SGD step); otherwise why it is only an estimate.
+    mask : dict[str, torch.Tensor] or None
+        For a pruned update, per parameter, 1.0 where the client kept the entry and 0.0
+        where it zeroed it: stage 1 matches the kept entries only. None: all entries.
     """
 
     model: nn.Module
@@ -81,6 +90,7 @@ class AttackTarget:
     frontend_kwargs: dict[str, Any] = field(default_factory=dict)
     capture_id: str = ""
     caveat: str = ""
+    mask: dict[str, torch.Tensor] | None = None
 
     @property
     def waveform(self) -> bool:
@@ -271,6 +281,11 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         input_shape = (int(shape[0]), int(shape[1]))
     attack_mode(model)
     num_classes = int(cap.model_kwargs.get("num_classes", _out_features(names, named)))
+    mask = _pruning_mask(cap, names)
+    if mask is not None:
+        kept = sum(float(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+        note = f"a pruned update: matched on the {100 * kept:.3g} % of entries the client kept"
+        caveat = f"{caveat}; {note}" if caveat else note
     return AttackTarget(
         model=model,
         params={n: p.detach().clone() for n, p in named.items()},
@@ -283,7 +298,18 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         frontend_kwargs=dict(cap.frontend_kwargs),
         capture_id=cid,
         caveat=caveat,
+        mask=mask,
     )
+
+
+def _pruning_mask(cap: Capture, names: list[str]) -> dict[str, torch.Tensor] | None:
+    """1.0 where a pruned capture kept an entry of its update; None if it was not pruned."""
+    defense = cap.training.get("defense") or {}
+    if not isinstance(defense, Mapping) or not float(defense.get("prune_ratio", 0) or 0) > 0:
+        return None
+    if cap.kind == "gradient":
+        return {n: (cap.shared[n] != 0).float() for n in names}
+    return {n: (cap.shared[n] != cap.global_weights[n]).float() for n in names}
 
 
 def _update_caveat(cap: Capture, steps: int) -> str:

@@ -41,6 +41,9 @@ examples:
       speech-deepfake detection (AASIST) with RoGA local training
   fedspeech simulate --config experiments/fsdd.toml --rounds 5
       settings from a TOML file; flags override it
+  fedspeech simulate --config experiments/fsdd.toml --dp local --dp-clip 5 --dp-noise 0.1
+      local differential privacy: each client clips its update to norm 5 and adds noise;
+      epsilon per round in metrics.json (also --prune-ratio, --quantize-bits, --secagg)
 """
 
 _AUDIT_EXAMPLES = """\
@@ -59,6 +62,13 @@ examples:
       audited sample with its audio (open it in a browser, from disk)
   fedspeech report runs/my-run --embed
       the same page with audio and images inside it: one file to send
+"""
+
+_SWEEP_EXAMPLES = """\
+examples:
+  fedspeech sweep experiments/defenses.toml --out runs/defenses
+      every defense of the file: utility (accuracy, epsilon) and leakage (PESQ, STOI,
+      labels, speakers) side by side in runs/defenses/frontier.csv, .md and .png
 """
 
 _METAVARS: dict[type, str] = {int: "N", float: "X"}
@@ -207,7 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_audit_parser(sub)
     _add_report_parser(sub)
+    _add_sweep_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    """``fedspeech sweep SWEEP.toml --out DIR``: defenses against utility and leakage."""
+    swp = sub.add_parser(
+        "sweep",
+        help="run a grid of defenses, each trained for utility and audited for leakage",
+        description="Run every variant of a sweep file (simulate for utility, simulate and\n"
+        "audit for leakage) and write DIR/frontier.csv, frontier.md and frontier.png.\n"
+        "Variants already done (DIR/NAME/row.json) are skipped.",
+        epilog=_SWEEP_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    swp.add_argument("sweep_file", metavar="SWEEP.toml", help="the sweep file")
+    swp.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
+    swp.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _add_audit_parser(sub: Any) -> None:
@@ -361,6 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_synth(args)
         elif args.command == "audit":
             _run_audit(args)
+        elif args.command == "sweep":
+            from fedspeech.federation.sweep import load_sweep, run_sweep
+
+            sweep = load_sweep(args.sweep_file)
+            run_sweep(sweep, Path(args.out), stream=None if args.quiet else sys.stderr)
+            print(Path(args.out) / "frontier.csv")
         elif args.command == "report":
             from fedspeech.report.html import write_report
 

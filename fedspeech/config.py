@@ -47,6 +47,9 @@ SEED_MAX = 2**32 - 1
 # config.toml fed back with --config never replaces a run unasked.
 _NOT_RECORDED = ("overwrite", "resume")
 
+#: ``--dp`` modes (see :mod:`fedspeech.training.defense`).
+DP_MODES = ("none", "central", "local", "sgd")
+
 #: Help groups of ``fedspeech simulate --help``, in display order.
 GROUPS: dict[str, str] = {
     "task": "task",
@@ -54,6 +57,7 @@ GROUPS: dict[str, str] = {
     "model": "model",
     "federation": "federation",
     "sharing": "what clients share",
+    "defense": "defenses (what a client does to its update before sending it)",
     "capture": "capture (the honest-but-curious server)",
     "audit": "audit after each round (--audit)",
     "sdd": "speech-deepfake detection (--task sdd)",
@@ -414,6 +418,56 @@ class SimConfig:
     momentum: float = setting(
         0.0, "client SGD momentum, in [0, 1]", group="sharing", minimum=0, maximum=1
     )
+    dp: str = setting(
+        "none",
+        "differential privacy: central (client clips, server adds noise after aggregating), "
+        "local (client clips and adds noise), sgd (DP-SGD in local training, Opacus)",
+        group="defense",
+        choices=DP_MODES,
+    )
+    dp_clip: float | None = setting(
+        None,
+        "L2 bound C of a client's update (central, local) or of each sample's gradient (sgd)",
+        group="defense",
+        above=0,
+        metavar="C",
+    )
+    dp_noise: float = setting(
+        1.0,
+        "noise multiplier Z: Gaussian noise of standard deviation Z*C",
+        group="defense",
+        minimum=0,
+        metavar="Z",
+    )
+    dp_delta: float = setting(
+        1e-5,
+        "delta of the reported privacy budget epsilon",
+        group="defense",
+        above=0,
+        maximum=0.5,
+    )
+    prune_ratio: float = setting(
+        0.0,
+        "fraction of the update's entries of smallest magnitude a client zeroes, in [0, 1]",
+        group="defense",
+        minimum=0,
+        maximum=1,
+        metavar="P",
+    )
+    quantize_bits: int | None = setting(
+        None,
+        "send the update uniformly quantised to this many bits per tensor (1-16)",
+        group="defense",
+        minimum=1,
+        maximum=16,
+        metavar="B",
+    )
+    secagg: bool = setting(
+        False,
+        "secure aggregation: the server learns only the round's aggregate (emulated, "
+        "see docs/defenses.md); it captures that aggregate",
+        group="defense",
+    )
     capture_clients: str = setting(
         "1", "clients captured per round: a number or 'all'", group="capture", metavar="N"
     )
@@ -571,6 +625,24 @@ class SimConfig:
             )
         if self.audit and count == 0:
             raise ConfigError("--audit needs captures: --capture-clients must not be 0")
+        self._validate_defense()
+
+    def _validate_defense(self) -> None:
+        """The DP flags go together: a mode needs its clip bound, a bound needs a mode."""
+        if self.dp != "none" and self.dp_clip is None:
+            raise ConfigError(f"--dp {self.dp} needs --dp-clip (the L2 bound C)")
+        if self.dp == "none":
+            stray = [
+                f
+                for f, k in (("--dp-clip", "dp_clip"), ("--dp-noise", "dp_noise"))
+                if k in self.explicit
+            ]
+            if stray:
+                raise ConfigError(f"{', '.join(stray)} needs --dp central, local or sgd")
+        if self.dp == "sgd" and self.task != "kws":
+            raise ConfigError("--dp sgd is implemented for --task kws only")
+        if self.dp == "sgd" and self.share != "update":
+            raise ConfigError("--dp sgd needs --share update (DP-SGD is local training)")
 
     def _validate_task_keys(self) -> None:
         """Keys that only another task reads must not be set."""
@@ -624,6 +696,8 @@ class SimConfig:
                 continue
             if info.name in _NOT_RECORDED:
                 continue
+            if self.dp == "none" and info.name in ("dp_noise", "dp_delta"):
+                continue  # they mean nothing without --dp; fed back, they would be an error
             value = getattr(self, info.name)
             if value is not None:
                 out[info.key] = value

@@ -63,6 +63,26 @@ SIMULATE_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["--resume", "old-run", "--quiet", "--seed", "1"], ("(got --seed)",)),
     (["--resume", "old-run"], ("--resume old-run: no config.toml, not a run folder",)),
     (["--resume", "new-run"], ("--resume new-run: no saved model",)),
+    (["--dp", "local", "--dp-clip", "1", "--dp-noise", "-1"], ("--dp-noise must not be negative",)),
+    (["--dp", "local", "--dp-clip", "0"], ("--dp-clip must be positive",)),
+    (["--dp", "local"], ("--dp local needs --dp-clip",)),
+    (["--dp", "fancy"], ("--dp must be one of none, central, local, sgd, got 'fancy'",)),
+    (["--dp-clip", "1"], ("--dp-clip needs --dp central, local or sgd",)),
+    (["--prune-ratio", "1.5"], ("--prune-ratio must be at most 1",)),
+    (["--prune-ratio", "nan"], ("--prune-ratio must be a finite number",)),
+    (["--quantize-bits", "0"], ("--quantize-bits must be at least 1",)),
+    (["--quantize-bits", "17"], ("--quantize-bits must be at most 16",)),
+    (["--dp", "sgd", "--dp-clip", "1", "--share", "gradient"], ("--dp sgd needs --share update",)),
+    (
+        ["--task", "sdd", "--dp", "sgd", "--dp-clip", "1"],
+        ("--dp sgd is implemented for --task kws only",),
+    ),
+]
+SWEEP_CASES: list[tuple[list[str], tuple[str, ...]]] = [
+    (["bad-sweep.toml", "--out", "sweep"], ("variant 'b'", "unknown config key 'dp-nois'")),
+    (["missing.toml", "--out", "sweep"], ("sweep file missing.toml does not exist",)),
+    (["notes.txt", "--out", "sweep"], ("sweep file notes.txt is not valid TOML",)),
+    (["base.toml", "--out", "sweep"], ("sweep file base.toml has no [sweep] table",)),
 ]
 AUDIT_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["empty", "--iterations", "0"], ("--iterations must be at least 1",)),
@@ -91,6 +111,7 @@ CASES: list[tuple[list[str], tuple[str, ...]]] = [
     *((["simulate", *args], needles) for args, needles in SIMULATE_CASES),
     *((["audit", *args], needles) for args, needles in AUDIT_CASES),
     *((["data", "synth", *args], needles) for args, needles in SYNTH_CASES),
+    *((["sweep", *args], needles) for args, needles in SWEEP_CASES),
 ]
 # The same guarantee through a real process: exit code and no traceback, end to end.
 SUBPROCESS_CASES = [
@@ -106,6 +127,7 @@ SUBPROCESS_CASES = [
         ["simulate", "--resume", "new-run"],
         ["audit", "empty", "--tv-weight", "nan"],
         ["audit", "notes.txt"],
+        ["sweep", "bad-sweep.toml", "--out", "sweep"],
     )
 ]
 
@@ -117,6 +139,7 @@ PLACEHOLDERS = {
     "old-run": "a folder holding a run (a metrics.json)",
     "missing": "a path that does not exist",
     "new-run": "a run interrupted before its first round ended (a config.toml, no saved model)",
+    "bad-sweep.toml": "a sweep file whose second variant has an unknown setting",
 }
 
 
@@ -128,6 +151,11 @@ def make_paths(folder: Path) -> None:
     (folder / "old-run" / "metrics.json").write_text('{"rounds": []}\n')
     (folder / "new-run").mkdir(exist_ok=True)
     (folder / "new-run" / "config.toml").write_text("[simulate]\nrounds = 2\n")
+    (folder / "base.toml").write_text("[simulate]\nrounds = 1\n")
+    (folder / "bad-sweep.toml").write_text(
+        '[sweep]\nutility = "base.toml"\nleakage = "base.toml"\n\n'
+        '[[variant]]\nname = "a"\n\n[[variant]]\nname = "b"\ndp = "local"\ndp-nois = 1\n'
+    )
 
 
 def main_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
@@ -158,6 +186,7 @@ def test_bad_input_is_one_line(
     for needle in needles:
         assert needle in line, line
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
+    assert not (tmp_path / "sweep").exists()  # a refused sweep writes nothing
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,7 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
 _LAYER_MAX = 4
 _RANK_TOL = 1e-6
 _U, _V = "#U", "#V"  # keys of a factored reference gradient's factors
+_MASK = "#M"  # key suffix of a pruned reference's mask
 
 
 @dataclass(eq=False)
@@ -113,6 +114,7 @@ def _group_key(target: AttackTarget) -> tuple[Any, ...]:
         target.batch_size,
         target.input_shape,
         target.frontend,
+        target.mask is not None,
     )
 
 
@@ -357,6 +359,15 @@ class _Group:
         buffers = dict(model.named_buffers())
         self.labels = [y.to(self.device, torch.long) for y in labels]
         self.refs = [{n: t.grads[n].to(self.device) for n in names} for t in targets]
+        # A pruned update is matched on its kept entries: its mask travels with its
+        # reference (stacked and vmapped alike). Masked gradients are formed in full, so
+        # neither the factored layers nor _LayerStep apply.
+        masked = targets[0].mask is not None
+        if masked:
+            factored = layerwise = False
+            for r, t in zip(self.refs, targets, strict=True):
+                assert t.mask is not None
+                r.update({n + _MASK: t.mask[n].to(self.device) for n in names})
         lin = _linear_weights(model, names) if factored else {}
         tap = _Tap(model, lin)
         direct = [n for n in names if n not in lin]
@@ -397,7 +408,8 @@ class _Group:
             (g, deltas), inputs = grad(loss, argnums=(0, 1), has_aux=True)(
                 {n: params[n] for n in direct}, probes
             )
-            st = grad_stats([g[n] for n in direct], [ref[n] for n in direct])
+            mine = [g[n] * ref[n + _MASK] if masked else g[n] for n in direct]
+            st = grad_stats(mine, [ref[n] for n in direct])
             dd, gg, gr = st.dd, st.gg, st.gr
             for w in lin:
                 delta = deltas[w].reshape(-1, probe_shapes[w][-1]).double()

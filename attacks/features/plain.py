@@ -63,6 +63,8 @@ def reconstruct_plain(
     plist = [params[n] for n in names]
     device = plist[0].device
     ref = [target.grads[n].to(device) for n in names]
+    # A pruned update: only the entries the client kept are matched.
+    mask = [target.mask[n].to(device) for n in names] if target.mask is not None else None
     y = labels.to(device=device, dtype=torch.long)
     shape = (target.batch_size, *target.input_shape)
     tv_dims = len(target.input_shape)
@@ -70,6 +72,8 @@ def reconstruct_plain(
     def matching(u: torch.Tensor, create_graph: bool) -> torch.Tensor:
         loss = F.cross_entropy(model(u), y)
         grads = torch.autograd.grad(loss, plist, create_graph=create_graph)
+        if mask is not None:
+            grads = tuple(g * m for g, m in zip(grads, mask, strict=True))
         return dist(grads, ref)
 
     best_u: torch.Tensor | None = None

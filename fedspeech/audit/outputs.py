@@ -24,12 +24,14 @@ import dataclasses
 import io
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attacks.scoring import METRICS
 from attacks.scoring import summarize as summarize_table
 from fedspeech.audit.selection import Job
 from fedspeech.audit.settings import AuditSettings
@@ -392,9 +394,47 @@ def write_outputs(
         "columns": {"from_features_prefix": FF_PREFIX, "from_features": list(FEATURE_COLUMNS)},
         "seconds": time.perf_counter() - t_start,
     }
+    if scored and rows:
+        # The floor a reader compares against: what an attacker who learned nothing scores.
+        summary["random_guess"] = random_guess(
+            out, [{k: str(v) for k, v in r.items()} for r in rows]
+        )
     write_json(out / "summary.json", summary)
     if scored and rows:
         summary_plot(out / "summary.png", summary)
         if len(summary["rounds"]) > 1:
             leakage_by_round_plot(out / "leakage_by_round.png", rows)
     return clean_json(summary)  # type: ignore[no-any-return]
+
+
+def random_guess(
+    audit_dir: Path, rows: Sequence[Mapping[str, str]], limit: int = 50
+) -> dict[str, Any]:
+    """PESQ-NB and STOI of seeded Gaussian noise at each original's RMS, against it.
+
+    What an attacker who learned nothing would score on the same clips (the first
+    ``limit`` samples with an original WAV); ``n`` is how many were scored.
+    """
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {"pesq_nb": [], "stoi": []}
+    n = 0
+    for r in rows:
+        if n >= limit:
+            break
+        path = audit_dir / "wav" / f"{r['capture']}_{r['index']}_original.wav"
+        if not path.is_file():
+            continue
+        original, _ = sf.read(path, dtype="float32")
+        rms = float(np.sqrt(np.mean(original.astype(np.float64) ** 2))) or 1e-3
+        noise = (rms * rng.standard_normal(original.shape)).astype(np.float32)
+        n += 1
+        for name in scores:
+            with warnings.catch_warnings():
+                # Noise often has no "utterance" for PESQ: a NaN, expected, not news.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value = float(METRICS.get(name)(original, noise))
+            if math.isfinite(value):
+                scores[name].append(value)
+    return {"n": n, **{k: float(np.mean(v)) if v else math.nan for k, v in scores.items()}}

@@ -50,8 +50,10 @@ from fedspeech.audit.scoring import Scorer, build_scorer, score_capture
 from fedspeech.audit.selection import Job, find_captures, select_jobs
 from fedspeech.audit.settings import AuditSettings
 from fedspeech.audit.truth import is_waveform_run
+from fedspeech.capture import load_capture
 from fedspeech.cluster import check_reachable
 from fedspeech.errors import FedspeechError
+from fedspeech.training.defense import Defense
 
 __all__ = ["AUDIT_DIR", "audit_run"]
 
@@ -123,6 +125,7 @@ def audit_run(
             f"run folder {run_dir} has no captures{where} (expected "
             f"{run_dir / 'captures'}/rNNN_cNNNN.safetensors from fedspeech simulate)"
         )
+    settings, informed = informed_settings(settings, found[0][1])
     out = run_dir / AUDIT_DIR
     scored = (run_dir / "truth").is_dir()
     key1 = settings.stage1_key()
@@ -152,6 +155,8 @@ def audit_run(
         }
         if skipped_judges:
             note("raw-waveform run: stage 2, speaker and content scoring do not apply")
+        if informed:
+            note(f"note: {informed}")
         for caveat in selection.caveats:
             note(f"note: {caveat}")
         note(
@@ -225,3 +230,22 @@ def audit_run(
             note(f"{metric}: {stats['n']} of {scored_rows} samples could be scored")
     note(f"audit written to {out}")
     return summary
+
+
+def informed_settings(settings: AuditSettings, capture: Path) -> tuple[AuditSettings, str]:
+    """The settings an informed attacker uses on this run's defense, and why ("" if as is).
+
+    A client that clipped its update to ``C`` (``--dp central`` or ``local``) sent a
+    shorter vector than its gradient: the squared Euclidean distance would pull the
+    reconstruction towards inputs with small gradients, so the attacker matches the
+    direction only (cosine distance, Geiping et al., 2020). The run's captures share one
+    defense, so one capture says it.
+    """
+    defense = Defense.from_meta(load_capture(capture).training.get("defense"))
+    if defense.client_clips and settings.distance == "l2":
+        why = (
+            f"the clients clipped their updates to norm {defense.clip:g} ({defense.dp} DP): "
+            "matched by cosine distance, which the clip does not change"
+        )
+        return dataclasses.replace(settings, distance="cosine"), why
+    return settings, ""

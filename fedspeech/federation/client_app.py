@@ -24,6 +24,7 @@ from fedspeech.models import build_model
 from fedspeech.tasks import TASKS
 from fedspeech.tasks.prepare import open_features, open_partition
 from fedspeech.training import local_batches, seed_torch
+from fedspeech.training.defense import Defense, defend_reply
 
 app = ClientApp()
 
@@ -84,7 +85,8 @@ def train(msg: Message, context: Context) -> Message:
     feats, labels = open_features(str(_get(cfg, "features-path")), str(_get(cfg, "labels-path")))
     indices = open_partition(str(_get(cfg, "partition-path")))[client_id]
     model = reusable_model(str(_get(cfg, "model")), str(_get(cfg, "model-kwargs")))
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    global_weights = msg.content.array_records["arrays"].to_torch_state_dict()
+    model.load_state_dict(global_weights)
     model.zero_grad(set_to_none=True)  # nothing of the previous call carries over
     # Dropout masks and other torch draws: a function of (seed, round, client) only, seeded
     # after the model is at hand (a first build draws its initialisation, a reuse does not).
@@ -102,6 +104,18 @@ def train(msg: Message, context: Context) -> Message:
     )
     task = TASKS.get(str(_get(cfg, "task", "kws")))
     res = task.train(model, feats, labels, batches, cfg, client_id)
+    defense = Defense.from_meta(json.loads(str(_get(cfg, "defense", "{}"))))
+    if defense.active:
+        # Clipping, local noise, pruning, quantisation of what is sent (DP-SGD acted in
+        # training, secure aggregation acts on the server).
+        res.arrays = defend_reply(
+            global_weights,
+            res.arrays,
+            share,
+            float(_get(cfg, "lr")),
+            defense,
+            seed=(seed, server_round, client_id),
+        )
     reported = client_id
     if fault == "lie":  # claims another client's id (client 0's; client 0 claims 1's)
         reported = 1 if client_id == 0 else 0

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
 
 from fedspeech.audit import audit_rounds, leakage_means
 from fedspeech.capture import reply_steps, save_truth
@@ -30,7 +36,8 @@ from fedspeech.federation.strategy import HonestButCuriousStrategy
 from fedspeech.fileio import atomic_write_text
 from fedspeech.models import build_model
 from fedspeech.report import RunRecorder
-from fedspeech.tasks import TASKS, prepare_run
+from fedspeech.report.recorder import privacy_ledger
+from fedspeech.tasks import TASKS, defense_of, prepare_run
 from fedspeech.tasks.prepare import RunData, open_features
 from fedspeech.training import local_batches, loss_and_accuracy, predict
 
@@ -46,7 +53,26 @@ def build_strategy(cfg: SimConfig, *, address_all: bool = False) -> Strategy:
     On its own it samples :meth:`SimConfig.clients_per_round` nodes itself, with Python's
     ``random``. With ``address_all`` it builds a message for every node: the capture
     wrapper then samples the round's clients by client id and sends theirs.
+
+    With ``--dp central`` it is wrapped in Flower's
+    ``DifferentialPrivacyClientSideFixedClipping``: the clients clip their updates to
+    ``C`` (:mod:`fedspeech.training.defense`) and the wrapper adds Gaussian noise of
+    standard deviation ``Z * C / n`` to the aggregate of the ``n`` sampled clients. The
+    honest-but-curious server captures each clipped update before that noise.
     """
+    inner = _flower_strategy(cfg, address_all)
+    if cfg.dp == "central":
+        assert cfg.dp_clip is not None  # SimConfig.validate
+        return DifferentialPrivacyClientSideFixedClipping(
+            inner,
+            noise_multiplier=cfg.dp_noise,
+            clipping_norm=cfg.dp_clip,
+            num_sampled_clients=cfg.clients_per_round(),
+        )
+    return inner
+
+
+def _flower_strategy(cfg: SimConfig, address_all: bool) -> Strategy:
     common: dict[str, Any] = {
         "fraction_train": 1.0 if address_all else cfg.fraction,
         "fraction_evaluate": 0.0,
@@ -78,6 +104,7 @@ def train_config(cfg: SimConfig, data: RunData) -> ConfigRecord:
             "local-steps": cfg.local_steps,
             "seed": cfg.seed,
             "task": cfg.task,
+            "defense": json.dumps(defense_of(cfg).as_meta()),
             **TASKS.get(cfg.task).client_config(cfg),
         }
     )
@@ -92,6 +119,7 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
         "local_epochs": cfg.local_epochs,
         "local_steps": reply_steps(cfg.share, cfg.local_steps),
         "strategy": cfg.strategy,
+        "defense": defense_of(cfg).as_meta(),
     }
     meta.update(TASKS.get(cfg.task).training_meta(cfg))
     return meta
@@ -101,26 +129,32 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
     """A function writing the ground truth of one captured reply.
 
     The server replays the client's seeded batch order (it never asks the client), and
-    writes which clips, labels and speakers went into the captured gradient or update.
+    writes which clips, labels and speakers went into the captured gradient or update; for
+    a secure aggregate, the batches of every client in it, client after client.
     """
     labels = np.load(data.labels_path, allow_pickle=False)
     clip_ids = data.corpus_meta["clip_ids"]
     speakers = data.corpus_meta["speakers"]
     attacks = data.corpus_meta.get("attacks")
 
-    def write(server_round: int, client_id: int, path: Path) -> None:
-        batches = local_batches(
-            data.partitions[client_id],
-            seed=cfg.seed,
-            server_round=server_round,
-            client_id=client_id,
-            batch_size=cfg.batch_size,
-            epochs=cfg.local_epochs,
-            steps=reply_steps(cfg.share, cfg.local_steps),
-        )
+    def write(server_round: int, client_ids: list[int], path: Path) -> None:
+        batches = [
+            batch
+            for client_id in client_ids
+            for batch in local_batches(
+                data.partitions[client_id],
+                seed=cfg.seed,
+                server_round=server_round,
+                client_id=client_id,
+                batch_size=cfg.batch_size,
+                epochs=cfg.local_epochs,
+                steps=reply_steps(cfg.share, cfg.local_steps),
+            )
+        ]
         truth = {
             "round": server_round,
-            "client_id": client_id,
+            "client_id": client_ids[0],
+            **({"clients": client_ids} if len(client_ids) > 1 else {}),
             "kind": cfg.share,
             "classes": data.classes,
             "batches": [
@@ -209,6 +243,7 @@ def _run_server(
         stop=control.stop,
         # The audit of a round needs the cores to itself.
         evaluate_in_background=not cfg.audit,
+        secagg=cfg.secagg,
     )
     strategy: Strategy = capture
     control.strategy = capture
@@ -285,7 +320,12 @@ def main(grid: Grid, context: Context) -> None:
     cfg = SimConfig.from_mapping(dict(context.run_config), "the Flower run config")
     data = prepare_run(cfg)
     atomic_write_text(data.run_dir / "config.toml", cfg.to_toml())
-    recorder = RunRecorder(data.run_dir, cfg.rounds)
+    recorder = RunRecorder(
+        data.run_dir,
+        cfg.rounds,
+        privacy=privacy_ledger(cfg, [len(p) for p in data.partitions]),
+        defense=defense_of(cfg).as_meta() if defense_of(cfg).active else None,
+    )
     run_server(grid, cfg, data, recorder)
     recorder.plot()
     recorder.plot_eer()

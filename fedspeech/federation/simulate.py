@@ -43,7 +43,8 @@ from fedspeech.federation.checkpoint import load_global
 from fedspeech.federation.control import ServerControl
 from fedspeech.fileio import atomic_write_text
 from fedspeech.report import RunRecorder
-from fedspeech.tasks import RunData, prepare_run
+from fedspeech.report.recorder import privacy_ledger
+from fedspeech.tasks import RunData, defense_of, prepare_run
 
 #: Exit codes of a run stopped by a signal (128 + the signal's number, as shells do).
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -119,7 +120,14 @@ def _simulate(
     state["run_dir"] = run_dir
     if cfg.resume is None:
         atomic_write_text(run_dir / "config.toml", cfg.to_toml())
-    recorder = RunRecorder(run_dir, cfg.rounds, stream=stream if cfg.progress else None)
+    defense = defense_of(cfg)
+    recorder = RunRecorder(
+        run_dir,
+        cfg.rounds,
+        stream=stream if cfg.progress else None,
+        privacy=privacy_ledger(cfg, [len(p) for p in data.partitions]),
+        defense=defense.as_meta() if defense.active else None,
+    )
     if metrics_doc is not None:
         recorder.resume(metrics_doc, control.start_round)
         recorder.save()

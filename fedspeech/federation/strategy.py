@@ -20,6 +20,13 @@ after round ``start_round`` (``fedspeech simulate --resume``) numbers its rounds
 ``start_round + 1``: Flower counts from 1, the wrapper adds the offset everywhere (sampling,
 messages, captures, truth, evaluation). Setting the ``stop`` event (on SIGINT or SIGTERM)
 ends the run at its next wait for replies.
+
+With ``secagg`` the server learns only the round's aggregate (secure aggregation, Bonawitz
+et al., CCS 2017): the wrapper then captures that aggregate, the ``num_examples``-weighted
+mean of the replies, once per round, instead of any single reply. Flower's SecAgg+ cannot
+run here (its workflow needs the legacy strategies and a ``LegacyContext``, this wrapper is
+a message-API strategy), so the view is emulated without the cryptography: the aggregate
+is what SecAgg+ would reveal, computed in the clear.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -42,7 +50,9 @@ from fedspeech.errors import DivergedError
 from fedspeech.federation.nodes import NodeMap, query_client_ids, reported_client_id
 from fedspeech.training import apply_gradient
 
-TruthWriter = Callable[[int, int, Path], None]
+#: ``truth_writer(round, client_ids, path)``: the clips behind a capture (one client's, or
+#: the union of the clients in a secure aggregate).
+TruthWriter = Callable[[int, list[int], Path], None]
 #: ``on_round(round, clients, seconds, failures)``: per-client results and failures.
 RoundCallback = Callable[[int, list[dict[str, Any]], float, list[dict[str, Any]]], None]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -186,7 +196,7 @@ class HonestButCuriousStrategy(Strategy):
     clients_per_round : int
         Clients sampled per round.
     truth_writer : callable, optional
-        ``truth_writer(round, client_id, path)`` writes the ground truth of a capture.
+        ``truth_writer(round, client_ids, path)`` writes the ground truth of a capture.
     on_round : callable, optional
         ``on_round(round, clients, seconds, failures)`` after aggregation: per-client
         metrics of the usable replies and ``{"client_id", "error"}`` of the failed ones.
@@ -197,6 +207,10 @@ class HonestButCuriousStrategy(Strategy):
         ``start_round + k`` of the run, and the initial evaluation is skipped.
     stop : threading.Event, optional
         Once set, the run ends at its next wait for replies (:meth:`start` returns).
+    secagg : bool
+        Capture only the round's aggregate (see the module docstring), named after the
+        smallest client id in it; its training metadata lists the clients
+        (``secagg_clients``).
     evaluate_in_background : bool
         Run the centralized evaluation of round ``r`` in a background thread while round
         ``r + 1`` trains, instead of leaving the clients idle meanwhile. Round ``r + 1``'s
@@ -221,8 +235,10 @@ class HonestButCuriousStrategy(Strategy):
         start_round: int = 0,
         stop: threading.Event | None = None,
         evaluate_in_background: bool = False,
+        secagg: bool = False,
     ) -> None:
         self.inner = inner
+        self.secagg = secagg
         self.share = share
         self.lr = lr
         self.run_dir = Path(run_dir)
@@ -375,7 +391,11 @@ class HonestButCuriousStrategy(Strategy):
         if self.stop.is_set():
             raise _Stopped  # the round is redone by a resumed run
         accepted, failures = self._screen(list(replies))
-        chosen = self._choose(server_round, [cid for cid, _ in accepted])
+        if self.secagg:
+            # One capture, the aggregate, which every accepted reply is part of.
+            chosen = {cid for cid, _ in accepted} if self.capture_count != 0 else set()
+        else:
+            chosen = self._choose(server_round, [cid for cid, _ in accepted])
         clients: list[dict[str, Any]] = []
         for cid, msg in accepted:
             metrics = msg.content.metric_records["metrics"]
@@ -388,13 +408,18 @@ class HonestButCuriousStrategy(Strategy):
             if "conflict-rate" in metrics:  # sdd clients: fraction of conflicting steps
                 info["conflict_rate"] = float(cast(float, metrics["conflict-rate"]))
             clients.append(info)
-            if cid in chosen:
+            if cid in chosen and not self.secagg:
                 self._capture(server_round, cid, msg)
+        if self.secagg and chosen:
+            self._capture_aggregate(server_round, accepted)
         if self.share == "gradient" and self._global is not None:
             glob = self._global_state()
             for _, msg in accepted:
                 grads = msg.content.array_records["arrays"].to_torch_state_dict()
                 msg.content["arrays"] = ArrayRecord(apply_gradient(glob, grads, self.lr))
+        # Flower's central-DP wrapper draws its noise from numpy's global generator: seeded
+        # by (seed, round) here, so a DP run repeats too.
+        np.random.seed(np.random.SeedSequence([self.seed, server_round, 23]).generate_state(1)[0])
         result = self.inner.aggregate_train(server_round, [msg for _, msg in accepted])
         if not accepted:
             self.failed_round = server_round
@@ -472,20 +497,47 @@ class HonestButCuriousStrategy(Strategy):
         return {int(i) for i in rng.choice(sorted(ids), size=k, replace=False)}
 
     def _capture(self, server_round: int, client_id: int, msg: Message) -> None:
-        assert self._global is not None
         metrics = msg.content.metric_records["metrics"]
+        shared = msg.content.array_records["arrays"].to_torch_state_dict()
+        self._submit(server_round, [client_id], _int(metrics["num-examples"]), shared, {})
+
+    def _capture_aggregate(self, server_round: int, accepted: list[tuple[int, Message]]) -> None:
+        """Capture the ``num_examples``-weighted mean of the replies (secure aggregation)."""
+        counts = [_int(m.content.metric_records["metrics"]["num-examples"]) for _, m in accepted]
+        total = sum(counts)
+        mean: dict[str, torch.Tensor] = {}
+        for (_, msg), n in zip(accepted, counts, strict=True):
+            for k, v in msg.content.array_records["arrays"].to_torch_state_dict().items():
+                part = v.double() * (n / total)
+                mean[k] = mean[k] + part if k in mean else part
+        ids = [cid for cid, _ in accepted]
+        first = accepted[0][1].content.array_records["arrays"].to_torch_state_dict()
+        shared = {k: v.to(first[k].dtype) for k, v in mean.items()}
+        self._submit(server_round, ids, total, shared, {"secagg_clients": ids})
+
+    def _submit(
+        self,
+        server_round: int,
+        client_ids: list[int],
+        num_examples: int,
+        shared: dict[str, torch.Tensor],
+        extra_training: dict[str, Any],
+    ) -> None:
+        """Hand a capture (named after the first of ``client_ids``) to the writer thread."""
+        assert self._global is not None
+        client_id = client_ids[0]
         cap = Capture(
             kind=self.share,
             server_round=server_round,
             client_id=client_id,
-            num_examples=_int(metrics["num-examples"]),
+            num_examples=num_examples,
             global_weights=self._global_state(),
-            shared=msg.content.array_records["arrays"].to_torch_state_dict(),
+            shared=shared,
             model=str(self.capture_meta["model"]),
             frontend=str(self.capture_meta["frontend"]),
             model_kwargs=dict(self.capture_meta.get("model_kwargs", {})),
             frontend_kwargs=dict(self.capture_meta.get("frontend_kwargs", {})),
-            training=dict(self.capture_meta.get("training", {})),
+            training={**self.capture_meta.get("training", {}), **extra_training},
         )
         name = capture_name(server_round, client_id)
         with self._lock:
@@ -493,14 +545,14 @@ class HonestButCuriousStrategy(Strategy):
                 return
             self._pending = [f for f in self._pending if not f.done() or f.exception()]
             self._pending.append(
-                self._writer.submit(self._write, cap, server_round, client_id, name)
+                self._writer.submit(self._write, cap, server_round, client_ids, name)
             )
 
-    def _write(self, cap: Capture, server_round: int, client_id: int, name: str) -> Path:
+    def _write(self, cap: Capture, server_round: int, client_ids: list[int], name: str) -> Path:
         """Save a capture, then its truth: a truth file never exists without its capture."""
         path = save_capture(cap, self.run_dir / "captures" / f"{name}.safetensors")
         if self.truth_writer is not None:
-            self.truth_writer(server_round, client_id, self.run_dir / "truth" / f"{name}.json")
+            self.truth_writer(server_round, client_ids, self.run_dir / "truth" / f"{name}.json")
         return path
 
     def configure_evaluate(

@@ -36,7 +36,6 @@ import math
 import mimetypes
 import os
 import tomllib
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from fedspeech.audit.outputs import random_guess
 from fedspeech.errors import DataError
 from fedspeech.fileio import atomic_save_figure, atomic_write_text
 
@@ -245,41 +245,6 @@ def _leakage_chart(out: Path, per_round: Sequence[Mapping[str, Any]]) -> Path | 
     return path
 
 
-def random_guess(
-    audit_dir: Path, rows: Sequence[Mapping[str, str]], limit: int = 50
-) -> dict[str, Any]:
-    """PESQ-NB and STOI of seeded Gaussian noise at each original's RMS, against it.
-
-    What an attacker who learned nothing would score on the same clips (the first
-    ``limit`` samples with an original WAV); ``n`` is how many were scored.
-    """
-    import soundfile as sf
-
-    from attacks.scoring import METRICS
-
-    rng = np.random.default_rng(0)
-    scores: dict[str, list[float]] = {"pesq_nb": [], "stoi": []}
-    n = 0
-    for r in rows:
-        if n >= limit:
-            break
-        path = audit_dir / "wav" / f"{r['capture']}_{r['index']}_original.wav"
-        if not path.is_file():
-            continue
-        original, _ = sf.read(path, dtype="float32")
-        rms = float(np.sqrt(np.mean(original.astype(np.float64) ** 2))) or 1e-3
-        noise = (rms * rng.standard_normal(original.shape)).astype(np.float32)
-        n += 1
-        for name in scores:
-            with warnings.catch_warnings():
-                # Noise often has no "utterance" for PESQ: a NaN, expected, not news.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                value = float(METRICS.get(name)(original, noise))
-            if math.isfinite(value):
-                scores[name].append(value)
-    return {"n": n, **{k: float(np.mean(v)) if v else math.nan for k, v in scores.items()}}
-
-
 def _summary_table(
     summary: Mapping[str, Any], guess: Mapping[str, Any], classes: int | None
 ) -> list[dict[str, str]]:
@@ -436,7 +401,10 @@ def _write(
         "leakage": link(_leakage_chart(out, per_round)),
         "summary": link(run / "audit" / "summary.png"),
     }
-    guess = random_guess(run / "audit", rows) if summary and summary.get("scored") else {}
+    guess: Mapping[str, Any] = {}
+    if summary and summary.get("scored"):
+        # Audits before the baseline was part of summary.json: computed here.
+        guess = summary.get("random_guess") or random_guess(run / "audit", rows)
     samples = _samples(run, rows, link)
     labels = list(index.get("classes") or [])
 
@@ -478,4 +446,4 @@ def _write(
     return path
 
 
-__all__ = ["CARD_SCORES", "REPORT_DIR", "Sample", "random_guess", "write_report"]
+__all__ = ["CARD_SCORES", "REPORT_DIR", "Sample", "write_report"]

@@ -16,6 +16,11 @@ Every round lists its ``failures`` (``{"client_id", "error"}`` of each sampled c
 reply was not used); a round in which every sampled client failed is marked
 ``"all_failed": true``.
 
+A run with a defense records it under ``defense``; a DP run also records ``privacy``
+(mode, noise multiplier, delta) and, in every round and in ``final``, ``epsilon``: the
+largest epsilon of any client so far at that delta (:mod:`fedspeech.metrics.privacy`;
+``null`` when no noise is added, i.e. no finite guarantee).
+
 A run stopped by SIGINT or SIGTERM is marked ``"interrupted": true``; a resumed run
 (:meth:`RunRecorder.resume`) keeps the rounds recorded so far and appends the rest, and its
 ``metrics.json`` lists the rounds it resumed after under ``resumed_after``.
@@ -29,8 +34,10 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedspeech.config import SimConfig
 from fedspeech.errors import DivergedError
 from fedspeech.fileio import atomic_save_figure, atomic_write_json
+from fedspeech.metrics.privacy import PrivacyLedger
 
 # Leakage columns of the terminal table, when the run was audited.
 _LEAK_COLUMNS = {
@@ -39,6 +46,24 @@ _LEAK_COLUMNS = {
     "stoi": "stoi",
     "speaker_reid_rate": "spk_reid",
 }
+
+
+def privacy_ledger(cfg: SimConfig, client_clips: list[int]) -> PrivacyLedger | None:
+    """The ledger of a DP run (None without ``--dp``).
+
+    ``client_clips`` holds each client's clip count: with ``--dp sgd`` a step samples
+    ``batch / clips`` of them, and a round takes ``--local-steps`` steps, or
+    ``--local-epochs`` passes of ``ceil(clips / batch)``.
+    """
+    if cfg.dp == "none":
+        return None
+    batch = cfg.batch_size
+    rates = [min(1.0, batch / max(n, 1)) for n in client_clips]
+    steps = [
+        cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * -(-n // batch)
+        for n in client_clips
+    ]
+    return PrivacyLedger(cfg.dp, cfg.dp_noise, cfg.dp_delta, rates, steps)
 
 
 class RunRecorder:
@@ -52,9 +77,23 @@ class RunRecorder:
         Planned rounds (for progress lines).
     stream : TextIO | None
         Where progress lines go; ``None`` is silent.
+    privacy : PrivacyLedger, optional
+        Counts each client's private releases (a DP run).
+    defense : dict, optional
+        The defense settings, recorded as they are.
     """
 
-    def __init__(self, run_dir: Path, rounds: int, stream: TextIO | None = sys.stderr) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        rounds: int,
+        stream: TextIO | None = sys.stderr,
+        *,
+        privacy: PrivacyLedger | None = None,
+        defense: dict[str, Any] | None = None,
+    ) -> None:
+        self.privacy = privacy
+        self.defense = defense
         self.run_dir = Path(run_dir)
         self.rounds_planned = rounds
         self.stream = stream
@@ -77,6 +116,9 @@ class RunRecorder:
         self.initial = doc.get("initial")
         self.rounds = [r for r in doc.get("rounds", []) if int(r["round"]) <= after_round]
         self.resumed_after = [*doc.get("resumed_after", []), after_round]
+        if self.privacy is not None:
+            for r in self.rounds:
+                self.privacy.took_part(int(c["client_id"]) for c in r.get("clients", []))
 
     def client_round(
         self,
@@ -100,6 +142,9 @@ class RunRecorder:
             "train_seconds": seconds,
             "failures": list(failures or []),
         }
+        if self.privacy is not None:
+            self.privacy.took_part(int(c["client_id"]) for c in clients)
+            self._pending[server_round]["epsilon"] = self.privacy.epsilon()
         losses = [float(c["train_loss"]) for c in clients if "train_loss" in c]
         if losses:
             # A plain sum: one NaN or infinite loss makes the mean non-finite (fsum would
@@ -145,6 +190,10 @@ class RunRecorder:
         if rates:
             entry["conflict_rate"] = sum(rates) / len(rates)
             shown += f"  conflict_rate {entry['conflict_rate']:.3f}"
+        if "epsilon" in pending:
+            eps = pending["epsilon"]
+            entry["epsilon"] = eps if math.isfinite(eps) else None
+            shown += f"  epsilon {eps:.2f}" if math.isfinite(eps) else "  epsilon inf"
         entry["seconds"] = round(seconds, 3)
         entry["clients"] = pending["clients"]
         failures = pending.get("failures", [])
@@ -190,8 +239,16 @@ class RunRecorder:
         if self.rounds:
             last = self.rounds[-1]
             final = {"accuracy": last["accuracy"], "loss": last["loss"]}
-            final.update({k: last[k] for k in ("eer", "eer_unseen") if k in last})
+            final.update({k: last[k] for k in ("eer", "eer_unseen", "epsilon") if k in last})
         doc: dict[str, Any] = {"initial": self.initial, "rounds": self.rounds, "final": final}
+        if self.defense is not None:
+            doc["defense"] = self.defense
+        if self.privacy is not None:
+            doc["privacy"] = {
+                "mode": self.privacy.mode,
+                "noise_multiplier": self.privacy.noise,
+                "delta": self.privacy.delta,
+            }
         if self.diverged is not None:
             doc["diverged"] = self.diverged
         if self.resumed_after:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedspeech.config import SimConfig
-from fedspeech.tasks.base import TASKS, ClientResult, Task
+from fedspeech.tasks.base import TASKS, ClientResult, Task, defense_of
 from fedspeech.tasks.kws import KWS
 from fedspeech.tasks.prepare import RunData, claim_run_dir, claimed_run_dir
 from fedspeech.tasks.registries import known_names
@@ -66,6 +66,7 @@ def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
 
 
 __all__ = [
+    "defense_of",
     "KWS",
     "SDD",
     "TASKS",

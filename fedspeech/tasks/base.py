@@ -24,6 +24,7 @@ from fedspeech.data.partition import PARTITIONS
 from fedspeech.models import MODELS
 from fedspeech.registry import Registry
 from fedspeech.tasks.prepare import RunData
+from fedspeech.training.defense import Defense
 
 
 @dataclass
@@ -125,4 +126,17 @@ class Task(ABC):
 
 TASKS: Registry[Task] = Registry("task")
 
-__all__ = ["TASKS", "ClientResult", "Task"]
+__all__ = ["TASKS", "ClientResult", "Task", "defense_of"]
+
+
+def defense_of(cfg: SimConfig) -> Defense:
+    """The run's defense settings (``--dp``, ``--prune-ratio``, ...)."""
+    return Defense(
+        dp=cfg.dp,
+        clip=cfg.dp_clip,
+        noise=cfg.dp_noise if cfg.dp != "none" else 0.0,
+        prune_ratio=cfg.prune_ratio,
+        quantize_bits=cfg.quantize_bits,
+        secagg=cfg.secagg,
+        delta=cfg.dp_delta,
+    )

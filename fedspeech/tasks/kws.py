@@ -7,6 +7,7 @@ every clip of the corpus; clients share either their updated weights after local
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fedspeech.models import MODELS
 from fedspeech.tasks.base import TASKS, ClientResult, Task
 from fedspeech.tasks.prepare import RunData, compute_features, default_run_dir, peak_normalize
 from fedspeech.training import gradient_and_loss, train_local
+from fedspeech.training.defense import Defense
 
 
 def resolve_corpus(cfg: SimConfig) -> KeywordCorpus:
@@ -143,6 +145,24 @@ class KeywordSpotting(Task):
             y = torch.from_numpy(np.ascontiguousarray(labels[batch]))
             grads, loss = gradient_and_loss(model, x, y)
             return ClientResult(arrays=grads, num_examples=len(batch), loss=loss)
+        defense = Defense.from_meta(json.loads(str(settings.get("defense", "{}"))))
+        if defense.dp == "sgd":
+            assert defense.clip is not None  # SimConfig.validate
+            # DP-SGD clips each sample's gradient: --clip-norm's per-step bound is moot.
+            # Deferred: Opacus takes 1.5 s to import, which other runs need not pay.
+            from fedspeech.training.dp_sgd import train_dp_sgd
+
+            res = train_dp_sgd(
+                model,
+                features,
+                labels,
+                batches,
+                lr=float(settings["lr"]),
+                clip=defense.clip,
+                noise=defense.noise,
+                momentum=float(settings["momentum"]),
+            )
+            return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
         res = train_local(
             model,
             features,

@@ -526,3 +526,33 @@ def test_matching_loss_resolves_far_below_float32_rounding(model: torch.nn.Modul
     _, (_, d) = group.step_fn(params, x.unsqueeze(0), yy, ref, rr)
     # ||G||^2 - 2<G, R> + ||R||^2 in float32 rounds to about 1e-7 of ||R||^2, either sign.
     assert abs(float(d)) < 1e-10 * group.scale[0]
+
+
+def test_a_pruned_update_is_matched_on_its_kept_entries(model: torch.nn.Module) -> None:
+    from fedspeech.training.defense import Defense, defend_reply
+
+    x, y = speech_like(1, 21), torch.tensor([5])
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = compute_gradient(model, x, y)
+    defense = Defense(prune_ratio=0.9)
+    cap = make_capture(model, "gradient", lr=0.1, defense=defense.as_meta())  # type: ignore[arg-type]
+    cap.shared = defend_reply(weights, grads, "gradient", 0.1, defense, (0, 1, 0))
+    target = target_from_capture(cap)
+    assert target.mask is not None and "pruned update" in target.caveat
+    kept = sum(float(m.sum()) for m in target.mask.values())
+    total = sum(m.numel() for m in target.mask.values())
+    assert kept == pytest.approx(0.1 * total, abs=1)
+    # At the true input the masked distance is zero; the unmasked one is not.
+    true = [grads[n] for n in target.grads]
+    ref = [target.grads[n] for n in target.grads]
+    mask = [target.mask[n] for n in target.grads]
+    l2 = DISTANCES.get("l2").direct
+    assert float(l2([g * m for g, m in zip(true, mask, strict=True)], ref)) < 1e-12
+    assert float(l2(true, ref)) > 1e-3
+    unmasked_target = dataclasses.replace(target, mask=None)
+    # The batched loop applies the same mask: it follows the plain loop's trajectory.
+    opts = Stage1Settings(iterations=40, restarts=1, patience=10**6)
+    plain = reconstruct_plain(target, y, opts)
+    fast = reconstruct([target], [y], opts)[0]
+    assert float((plain.features - fast.features).abs().max()) < 0.05
+    assert not torch.equal(fast.features, reconstruct([unmasked_target], [y], opts)[0].features)

@@ -85,7 +85,7 @@ def test_truth_is_written_after_its_capture(
         events.append(f"capture {path.stem}")
         return out
 
-    def truth(server_round: int, client_id: int, path: Path) -> None:
+    def truth(server_round: int, client_ids: list[int], path: Path) -> None:
         capture = tmp_path / "captures" / f"{path.stem}.safetensors"
         assert capture.is_file(), f"truth {path.name} before its capture"
         events.append(f"truth {path.stem}")

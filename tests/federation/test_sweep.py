@@ -1,0 +1,73 @@
+"""``fedspeech sweep``: variants run once, resumed where they stopped, gathered in a frontier."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from fedspeech.cli import main
+from fedspeech.federation.sweep import FRONTIER_COLUMNS, load_sweep
+
+TINY = "synth-speakers = 12\nsynth-takes = 1\nclients = 2\nfraction = 1.0\nrounds = 1\n"
+
+
+def _files(folder: Path) -> None:
+    (folder / "utility.toml").write_text(f"[simulate]\n{TINY}local-epochs = 1\n")
+    (folder / "leakage.toml").write_text(
+        f'[simulate]\n{TINY}share = "gradient"\nbatch-size = 1\ncapture-clients = "all"\n'
+    )
+    (folder / "sweep.toml").write_text(
+        '[sweep]\nutility = "utility.toml"\nleakage = "leakage.toml"\n'
+        "audit = { iterations = 20, restarts = 1, speaker = false, content = false, "
+        "threads = 1 }\n\n"
+        '[[variant]]\nname = "none"\n\n'
+        '[[variant]]\nname = "prune"\nprune-ratio = 0.9\n'
+    )
+
+
+def test_a_sweep_file_is_checked_whole(tmp_path: Path) -> None:
+    _files(tmp_path)
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    assert [v.name for v in sweep.variants] == ["none", "prune"]
+    assert sweep.variants[1].defense == ("pruning", "0.9")
+    assert sweep.variants[1].leakage.share == "gradient"  # the base's settings, then the variant's
+    assert sweep.audit == {
+        "iterations": 20,
+        "restarts": 1,
+        "speaker": False,
+        "content": False,
+        "threads": 1,
+    }
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_redoing_a_variant(
+    tmp_path: Path,
+    tiny_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FEDSPEECH_CACHE", str(tiny_cache))
+    _files(tmp_path)
+    out = tmp_path / "out"
+    assert main(["sweep", str(tmp_path / "sweep.toml"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO((out / "frontier.csv").read_text())))
+    assert [r["variant"] for r in rows] == ["none", "prune"]
+    assert list(rows[0]) == list(FRONTIER_COLUMNS)
+    assert rows[1]["defense"] == "pruning" and float(rows[0]["n"]) == 2
+    assert 0 <= float(rows[0]["stoi"]) <= 1 and float(rows[0]["random_stoi"]) >= 0
+    assert (out / "frontier.png").stat().st_size > 1000 and "| none |" in (
+        out / "frontier.md"
+    ).read_text()
+    # As if interrupted during the second variant: its row was never written.
+    (out / "prune" / "row.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "none").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "sweep.toml"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] none: done before" in err and "[2/2] prune: utility run" in err
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing of it was redone
+    assert (out / "prune" / "row.json").is_file()
