@@ -234,6 +234,19 @@ def _add_sweep_parser(sub: Any) -> None:
     )
     swp.add_argument("sweep_file", metavar="SWEEP.toml", help="the sweep file")
     swp.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
+    swp.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the variants as Ray tasks across this cluster (every node needs "
+        "fedspeech, the data and DIR at the same paths)",
+    )
+    swp.add_argument(
+        "--cpus-per-variant",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="Ray CPUs a variant reserves with --ray-address (default 1)",
+    )
     swp.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -391,8 +404,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "sweep":
             from fedspeech.federation.sweep import load_sweep, run_sweep
 
+            if not (math.isfinite(args.cpus_per_variant) and args.cpus_per_variant >= 1e-4):
+                raise ConfigError(
+                    f"--cpus-per-variant must be at least 0.0001, got {args.cpus_per_variant}"
+                )
             sweep = load_sweep(args.sweep_file)
-            run_sweep(sweep, Path(args.out), stream=None if args.quiet else sys.stderr)
+            run_sweep(
+                sweep,
+                Path(args.out),
+                stream=None if args.quiet else sys.stderr,
+                ray_address=args.ray_address,
+                cpus_per_variant=args.cpus_per_variant,
+            )
             print(Path(args.out) / "frontier.csv")
         elif args.command == "report":
             from fedspeech.report.html import write_report

@@ -63,6 +63,9 @@ def backend_config(cfg: SimConfig) -> dict[str, Any]:
     if cfg.ray_address:
         init_args["address"] = cfg.ray_address
     else:
+        # "local": a new instance even where a cluster runs on this machine (a sweep's
+        # variant on a cluster node), which ray.init() would otherwise join.
+        init_args["address"] = "local"
         init_args["num_cpus"] = os.cpu_count() or 1
     return {
         "client_resources": {"num_cpus": cfg.cpus_per_client, "num_gpus": 0.0},

@@ -35,10 +35,11 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,6 +47,7 @@ from typing import Any, TextIO
 import tomli_w
 
 from fedspeech.audit import AuditSettings
+from fedspeech.cluster import check_reachable
 from fedspeech.config import SimConfig, read_toml, settings_of
 from fedspeech.errors import ConfigError, FedspeechError
 from fedspeech.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
@@ -172,6 +174,13 @@ def load_sweep(path: str | Path) -> Sweep:
                 values.pop(key, None)
             source = f"variant {name!r} ({kind}) of {p}"
             cfg = SimConfig.from_mapping(values, source)
+            # Folders as absolute paths: a variant may run elsewhere (a Ray worker's cwd).
+            folders = {
+                key: str(Path(getattr(cfg, key)).resolve())
+                for key in ("data_root", "bonafide_root")
+                if getattr(cfg, key) is not None
+            }
+            cfg = cfg.updated(folders, source)
             check_config(cfg)
             built[kind] = cfg
         variants.append(Variant(name, built["utility"], built["leakage"]))
@@ -213,8 +222,10 @@ def _audit_flags(audit: Mapping[str, Any]) -> list[str]:
 
 def _run(cmd: list[str], log: Path) -> None:
     """Run a fedspeech command, its output into ``log``; one line naming it if it fails."""
+    # A variant on a cluster node starts its own local Ray: it must not join the cluster.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         last = tail[-1] if tail else f"exit code {proc.returncode}"
@@ -255,10 +266,43 @@ def _row(variant: Variant, folder: Path) -> dict[str, Any]:
     }
 
 
+def run_variant(
+    variant: Variant, folder: Path, audit_flags: list[str], on_cluster: bool = False
+) -> dict[str, Any]:
+    """Utility run, leakage run, audit, then ``row.json``: one variant, start to end.
+
+    Returns the row; with ``on_cluster`` (a Ray task) it also names the node it ran on
+    (``node``, in ``row.json`` only).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    _simulate(variant.utility, folder / "utility", folder / "utility.log")
+    _simulate(variant.leakage, folder / "leakage", folder / "leakage.log")
+    cmd = [sys.executable, "-m", "fedspeech", "audit", str(folder / "leakage"), "--quiet"]
+    _run([*cmd, *audit_flags], folder / "audit.log")
+    row = _row(variant, folder)
+    if on_cluster:
+        import ray
+
+        row["node"] = ray.get_runtime_context().get_node_id()
+    atomic_write_json(folder / "row.json", row, indent=1)
+    return row
+
+
 def run_sweep(
-    sweep: Sweep, out: Path, *, stream: TextIO | None = sys.stderr
+    sweep: Sweep,
+    out: Path,
+    *,
+    stream: TextIO | None = sys.stderr,
+    ray_address: str | None = None,
+    cpus_per_variant: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Run every variant not done yet, then write the frontier files; return the rows."""
+    """Run every variant not done yet, then write the frontier files; return the rows.
+
+    With ``ray_address`` the variants run as Ray tasks of ``cpus_per_variant`` CPUs across
+    that cluster (every node needs fedspeech and ``out`` at the same path); each variant's
+    runs then start their own local Ray on the node that took it.
+    """
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.toml", sweep.path.read_text(encoding="utf-8"))
     atomic_write_text(out / "variants.toml", sweep_toml(sweep))
@@ -267,36 +311,78 @@ def run_sweep(
         if stream is not None:
             print(msg, file=stream, flush=True)
 
-    rows: list[dict[str, Any]] = []
     total = len(sweep.variants)
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[int, Variant]] = []
     for i, variant in enumerate(sweep.variants, 1):
-        folder = out / variant.name
-        done = folder / "row.json"
+        done = out / variant.name / "row.json"
         if done.is_file():
-            rows.append(json.loads(done.read_text(encoding="utf-8")))
+            rows[variant.name] = json.loads(done.read_text(encoding="utf-8"))
             say(f"[{i}/{total}] {variant.name}: done before")
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        say(f"[{i}/{total}] {variant.name}: utility run")
-        _simulate(variant.utility, folder / "utility", folder / "utility.log")
-        say(f"[{i}/{total}] {variant.name}: leakage run")
-        _simulate(variant.leakage, folder / "leakage", folder / "leakage.log")
-        say(f"[{i}/{total}] {variant.name}: audit")
-        cmd = [sys.executable, "-m", "fedspeech", "audit", str(folder / "leakage"), "--quiet"]
-        _run([*cmd, *_audit_flags(sweep.audit)], folder / "audit.log")
-        row = _row(variant, folder)
-        atomic_write_json(done, row, indent=1)
-        rows.append(row)
-        write_frontier(out, rows)
+        else:
+            todo.append((i, variant))
+    flags = _audit_flags(sweep.audit)
+
+    def finished(i: int, variant: Variant, row: dict[str, Any], seconds: float) -> None:
+        rows[variant.name] = row
+        write_frontier(out, [rows[v.name] for v in sweep.variants if v.name in rows])
+        where = f" on node {str(row['node'])[:8]}" if "node" in row else ""
         say(
             f"[{i}/{total}] {variant.name}: accuracy {_fmt(row['accuracy'])}, PESQ-NB "
             f"{_fmt(row['pesq_nb'])}, STOI {_fmt(row['stoi'])}, epsilon "
-            f"{_fmt(row['epsilon'])} ({time.perf_counter() - t0:.0f} s)"
+            f"{_fmt(row['epsilon'])} ({seconds:.0f} s{where})"
         )
-    write_frontier(out, rows)
-    say(f"frontier of {len(rows)} variants in {out / 'frontier.csv'}")
-    return rows
+
+    if ray_address and todo:
+        _fan_out(todo, out, flags, ray_address, cpus_per_variant, total, say, finished)
+    else:
+        for i, variant in todo:
+            t0 = time.perf_counter()
+            say(f"[{i}/{total}] {variant.name}: utility run, leakage run, audit")
+            row = run_variant(variant, out / variant.name, flags)
+            finished(i, variant, row, time.perf_counter() - t0)
+    ordered = [rows[v.name] for v in sweep.variants if v.name in rows]
+    write_frontier(out, ordered)
+    say(f"frontier of {len(ordered)} variants in {out / 'frontier.csv'}")
+    return ordered
+
+
+def _fan_out(
+    todo: list[tuple[int, Variant]],
+    out: Path,
+    flags: list[str],
+    ray_address: str,
+    cpus: float,
+    total: int,
+    say: Callable[[str], None],
+    finished: Callable[[int, Variant, dict[str, Any], float], None],
+) -> None:
+    """The variants as Ray tasks across the cluster at ``ray_address``, gathered as they end."""
+    import logging
+
+    import ray
+
+    check_reachable(ray_address)  # Ray itself would retry for minutes
+    ray.init(address=ray_address, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=cpus)(run_variant)
+        start = time.perf_counter()
+        pending = {}
+        for i, variant in todo:
+            ref = task.remote(variant, out / variant.name, flags, True)
+            pending[ref] = (i, variant)
+            say(f"[{i}/{total}] {variant.name}: sent to the cluster")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i, variant = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                raise FedspeechError(f"variant {variant.name!r}: {cause}") from None
+            finished(i, variant, row, time.perf_counter() - start)
+    finally:
+        ray.shutdown()
 
 
 def _fmt(value: Any) -> str:

@@ -39,8 +39,8 @@ __all__ = [
 def asv_eer_threshold(target: ArrayLike, nontarget: ArrayLike) -> float:
     """The ASV system's EER operating point as the highest score it rejects.
 
-    :func:`asv_error_rates` accepts the scores above this threshold (a :func:`det_curve`
-    threshold); ``min − 0.001`` when the EER point accepts every trial.
+    A :func:`det_curve` threshold, as the ASVspoof reference's ``compute_eer`` returns it;
+    ``min − 0.001`` when the EER point accepts every trial.
 
     Examples
     --------
@@ -67,14 +67,26 @@ class AsvErrorRates(NamedTuple):
 def asv_error_rates(
     target: ArrayLike, nontarget: ArrayLike, spoof: ArrayLike, threshold: float
 ) -> AsvErrorRates:
-    """ASV false-alarm, miss and spoof-miss rates, accepting scores above ``threshold``."""
+    """ASV false-alarm, miss and spoof-miss rates at ``threshold``.
+
+    As the ASVspoof reference (``obtain_asv_error_rates`` of the t-DCF code): a score equal
+    to the threshold is accepted, so a false alarm is a non-target score ``>= threshold`` and
+    a miss a target (or spoof) score ``< threshold``. (Its EER threshold, which
+    :func:`asv_eer_threshold` reproduces, is the highest score its DET curve rejects: the
+    reference itself accepts that score here, and so does this function.)
+
+    Examples
+    --------
+    >>> asv_error_rates([3.0, 5.0], [1.0, 3.0], [2.0, 4.0], 3.0)
+    AsvErrorRates(p_fa=0.5, p_miss=0.0, p_miss_spoof=0.5)
+    """
     tar = _scores(target, "ASV target scores")
     non = _scores(nontarget, "ASV non-target scores")
     spf = _scores(spoof, "ASV spoof scores")
     return AsvErrorRates(
-        p_fa=float(np.mean(non > threshold)),
-        p_miss=float(np.mean(tar <= threshold)),
-        p_miss_spoof=float(np.mean(spf <= threshold)),
+        p_fa=float(np.mean(non >= threshold)),
+        p_miss=float(np.mean(tar < threshold)),
+        p_miss_spoof=float(np.mean(spf < threshold)),
     )
 
 

@@ -89,6 +89,12 @@ SHOWN_SETTINGS = (
     "augment",
     "alignment",
     "clip-norm",
+    "dp",
+    "dp-clip",
+    "dp-noise",
+    "prune-ratio",
+    "quantize-bits",
+    "secagg",
     "seed",
 )
 
@@ -355,6 +361,8 @@ def write_report(run_dir: Path | str, *, embed: bool = False) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"report: {run} is not a folder")
+    if (run / "frontier.csv").is_file():
+        return write_sweep_report(run, embed=embed)
     cfg_path = run / "config.toml"
     if not cfg_path.is_file():
         raise DataError(f"report: {run} has no config.toml (not a fedspeech run folder)")
@@ -432,6 +440,7 @@ def _write(
         metrics=metrics or {},
         rounds=list((metrics or {}).get("rounds") or []),
         sdd=sdd,
+        dp="privacy" in (metrics or {}),
         charts=charts,
         per_round=per_round,
         summary_rows=_summary_table(summary or {}, guess, classes) if summary else [],
@@ -446,4 +455,142 @@ def _write(
     return path
 
 
-__all__ = ["CARD_SCORES", "REPORT_DIR", "Sample", "write_report"]
+#: Columns of the sweep report's table, from ``frontier.csv``.
+SWEEP_COLUMNS = (
+    "variant",
+    "defense",
+    "strength",
+    "epsilon",
+    "accuracy",
+    "label_accuracy",
+    "pesq_nb",
+    "stoi",
+    "speaker_reid_rate",
+    "content_rate",
+    "random_pesq_nb",
+    "random_stoi",
+    "n",
+)
+
+
+def write_sweep_report(sweep_dir: Path | str, *, embed: bool = False) -> Path:
+    """Write ``SWEEP_DIR/report/index.html`` for a ``fedspeech sweep`` folder.
+
+    The frontier plot and table, and per variant its scores, links to the reports of its
+    two runs (written here when missing) and two audio examples: the original and what the
+    server rebuilt from the shared update, for the audited clips of best and worst STOI.
+
+    Raises
+    ------
+    DataError
+        No ``frontier.csv``, or the report cannot be written.
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    root = Path(sweep_dir)
+    rows = _read_csv(root / "frontier.csv")
+    if not rows:
+        raise DataError(f"report: {root / 'frontier.csv'} has no variant")
+    out = root / REPORT_DIR
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        link = _Links(out, embed)
+        variants, missing = [], []
+        for row in rows:
+            name = row["variant"]
+            links = []
+            for kind in ("utility", "leakage"):
+                run = root / name / kind
+                if not run.is_dir():
+                    missing.append(f"{name}: no {kind} run folder")
+                    continue
+                run_page = run / REPORT_DIR / "index.html"
+                if not run_page.is_file():
+                    run_page = write_report(run)
+                href = Path(os.path.relpath(run_page, out)).as_posix()
+                links.append((f"{kind} run report", href))
+            variants.append(
+                {
+                    "name": name,
+                    "defense": row.get("defense", ""),
+                    "strength": row.get("strength", ""),
+                    **{
+                        k: _fmt(row.get(k), ".3f")
+                        for k in ("accuracy", "epsilon", "pesq_nb", "stoi")
+                    },
+                    "links": links,
+                    "examples": _examples(root / name / "leakage" / "audit", link),
+                }
+            )
+        cells = [
+            {
+                "cells": {
+                    c: _fmt(r.get(c), ".3f") if _is_number(r.get(c)) else r.get(c, "")
+                    for c in SWEEP_COLUMNS
+                },
+                "num": {c: _is_number(r.get(c)) for c in SWEEP_COLUMNS},
+            }
+            for r in rows
+        ]
+        env = Environment(
+            loader=PackageLoader("fedspeech.report", "templates"),
+            autoescape=select_autoescape(["html", "j2"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        page = env.get_template("sweep.html.j2").render(
+            title=f"fedspeech sweep report: {root.name}",
+            sweep_name=root.name,
+            frontier_png=link(root / "frontier.png"),
+            columns=SWEEP_COLUMNS,
+            rows=cells,
+            variants=variants,
+            missing=missing,
+        )
+        path = out / "index.html"
+        atomic_write_text(path, page)
+        return path
+    except OSError as exc:
+        raise DataError(f"report: cannot write {out} ({exc.strerror or exc})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return value not in (None, "") and math.isfinite(_number(value))
+
+
+def _examples(audit: Path, link: _Links) -> list[dict[str, Any]]:
+    """The audited clips of best and worst STOI from the update: original and rebuilt."""
+    rows = [
+        r
+        for r in _read_csv(audit / "leakage.csv")
+        if r.get("capture") and math.isfinite(_number(r.get("stoi")))
+    ]
+    rows.sort(key=lambda r: _number(r["stoi"]))
+    picked = [rows[-1], rows[0]] if len(rows) > 1 else rows
+    out = []
+    for r in picked:
+        stem = f"{r['capture']}_{r['index']}"
+        original, rebuilt = (
+            audit / "wav" / f"{stem}_original.wav",
+            audit / "wav" / f"{stem}_reconstruction.wav",
+        )
+        if original.is_file() and rebuilt.is_file():
+            out.append(
+                {
+                    "name": stem,
+                    "original": link(original),
+                    "gradients": link(rebuilt),
+                    "stoi": _fmt(r["stoi"], ".3f"),
+                }
+            )
+    return out
+
+
+__all__ = [
+    "CARD_SCORES",
+    "REPORT_DIR",
+    "SWEEP_COLUMNS",
+    "Sample",
+    "write_report",
+    "write_sweep_report",
+]

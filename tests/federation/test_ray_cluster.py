@@ -102,3 +102,37 @@ def test_sdd_runs_repeat_on_the_cluster_and_match_a_local_run(
     assert [len(r["clients"]) for r in a] == [2, 2]
     assert a == rounds(tmp_path / "b")
     assert a == rounds(tmp_path / "local")
+
+
+def test_a_sweep_runs_its_variants_across_the_cluster(
+    cluster: str, tmp_path: Path, tiny_cache: Path
+) -> None:
+    """Two variants, one CPU each, on two one-CPU nodes: one variant on each node."""
+    import json
+
+    tiny = "synth-speakers = 12\nsynth-takes = 1\nclients = 2\nfraction = 1.0\nrounds = 1\n"
+    (tmp_path / "u.toml").write_text(f"[simulate]\n{tiny}local-epochs = 1\n")
+    (tmp_path / "l.toml").write_text(
+        f'[simulate]\n{tiny}share = "gradient"\nbatch-size = 1\ncapture-clients = "all"\n'
+    )
+    (tmp_path / "sweep.toml").write_text(
+        '[sweep]\nutility = "u.toml"\nleakage = "l.toml"\n'
+        "audit = { iterations = 20, restarts = 1, speaker = false, content = false, "
+        "threads = 1 }\n\n"
+        '[[variant]]\nname = "none"\n\n[[variant]]\nname = "q4"\nquantize-bits = 4\n'
+    )
+    marker = uuid.uuid4().hex
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedspeech", "sweep", str(tmp_path / "sweep.toml")]
+        + ["--out", str(tmp_path / "out"), "--ray-address", cluster],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FEDSPEECH_CACHE": str(tiny_cache), "FEDSPEECH_TEST_RUN": marker},
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads((tmp_path / "out" / v / "row.json").read_text()) for v in ("none", "q4")]
+    assert len({r["node"] for r in rows}) == 2  # each node took one variant
+    assert "sent to the cluster" in proc.stderr and "on node" in proc.stderr
+    assert (tmp_path / "out" / "frontier.csv").read_text().count("\n") == 3
+    assert not leftover_processes(f"FEDSPEECH_TEST_RUN={marker}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -59,15 +60,23 @@ def test_an_interrupted_sweep_resumes_without_redoing_a_variant(
     assert list(rows[0]) == list(FRONTIER_COLUMNS)
     assert rows[1]["defense"] == "pruning" and float(rows[0]["n"]) == 2
     assert 0 <= float(rows[0]["stoi"]) <= 1 and float(rows[0]["random_stoi"]) >= 0
-    assert (out / "frontier.png").stat().st_size > 1000 and "| none |" in (
-        out / "frontier.md"
-    ).read_text()
+    assert (out / "frontier.png").stat().st_size > 1000
+    assert "| none |" in (out / "frontier.md").read_text()
+    # Its report: the frontier, and per variant its two run reports and audio examples.
+    assert main(["report", str(out)]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert 'id="variant-none"' in page and 'id="variant-prune"' in page
+    refs = re.findall(r'(?:href|src)="([^"#]+)"', page)
+    assert sum(r.endswith(".wav") for r in refs) == 8  # 2 examples x 2 clips x 2 variants
+    assert sum(r.endswith("report/index.html") for r in refs) == 4
+    assert all((out / "report" / r).resolve().is_file() for r in refs)
     # As if interrupted during the second variant: its row was never written.
     (out / "prune" / "row.json").unlink()
     kept = {p: p.stat().st_mtime_ns for p in (out / "none").rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["sweep", str(tmp_path / "sweep.toml"), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "[1/2] none: done before" in err and "[2/2] prune: utility run" in err
+    assert "[1/2] none: done before" in err
+    assert "[2/2] prune: utility run, leakage run, audit" in err
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing of it was redone
     assert (out / "prune" / "row.json").is_file()

@@ -121,21 +121,30 @@ def test_asv_error_rates_at_eer_threshold() -> None:
     assert eer(ASV_TAR, ASV_NON) == (0.25, 3.5)
     assert asv_eer_threshold(ASV_TAR, ASV_NON) == 3.0
     rates = asv_error_rates(ASV_TAR, ASV_NON, ASV_SPOOF, 3.0)
-    assert (rates.p_fa, rates.p_miss, rates.p_miss_spoof) == (0.25, 0.25, 0.25)
+    # The ASVspoof reference (obtain_asv_error_rates) accepts a score equal to the
+    # threshold: the non-target 3.0 is a false alarm, so 2 of 4.
+    assert (rates.p_fa, rates.p_miss, rates.p_miss_spoof) == (0.5, 0.25, 0.25)
+
+
+def test_a_target_score_at_the_threshold_is_not_a_miss() -> None:
+    # As the reference counts it: only target (and spoof) scores below the threshold.
+    rates = asv_error_rates([2.0, 3.0, 4.0], [1.0], [3.0, 0.0], 3.0)
+    assert (rates.p_miss, rates.p_miss_spoof) == (pytest.approx(1 / 3), 0.5)
 
 
 def test_min_tdcf_hand_computed() -> None:
     # Priors: pi_tar = 0.95 * 0.99 = 0.9405, pi_non = 0.95 * 0.01 = 0.0095, pi_spoof = 0.05.
-    # C1 = 0.9405 * (1 - 1 * 0.25) - 0.0095 * 10 * 0.25 = 0.705375 - 0.02375 = 0.681625
+    # ASV at its EER threshold 3.0: P_miss 0.25, P_fa 0.5, P_miss_spoof 0.25 (above).
+    # C1 = 0.9405 * (1 - 1 * 0.25) - 0.0095 * 10 * 0.5 = 0.705375 - 0.0475 = 0.657875
     # C2 = 10 * 0.05 * (1 - 0.25) = 0.375, so min(C1, C2) = C2 and
-    # t-DCF_norm(t) = (C1 / C2) * miss(t) + fa(t) = 1.8176667 * miss + fa. On the CM curve:
-    #   1, 0.75, 1.356, 1.106, 0.856, 0.606 (t=0.6: miss 1/3, fa 0), 1.212, 1.818
-    # so the minimum is C1 / C2 / 3 = 0.681625 / 1.125 = 0.6058889 at t = 0.6.
+    # t-DCF_norm(t) = (C1 / C2) * miss(t) + fa(t) = 1.7543333 * miss + fa. On the CM curve:
+    #   1, 0.75, 1.335, 1.085, 0.835, 0.585 (t=0.6: miss 1/3, fa 0), 1.170, 1.754
+    # so the minimum is C1 / C2 / 3 = 0.657875 / 1.125 = 0.5847778 at t = 0.6.
     value, threshold = min_tdcf(BONA, SPOOF, ASV_TAR, ASV_NON, ASV_SPOOF)
-    assert value == pytest.approx(0.681625 / 1.125)
+    assert value == pytest.approx(0.657875 / 1.125)
     assert threshold == pytest.approx(0.6)
     curve, _ = tdcf_curve(BONA, SPOOF, asv_error_rates(ASV_TAR, ASV_NON, ASV_SPOOF, 3.0))
-    c1_over_c2 = 0.681625 / 0.375
+    c1_over_c2 = 0.657875 / 0.375
     miss, fa, _ = det_curve(BONA, SPOOF)
     np.testing.assert_allclose(curve, c1_over_c2 * miss + fa)
 
