@@ -158,8 +158,10 @@ def min_tdcf(
     c_miss_asv, c_fa_asv, c_miss_cm, c_fa_cm : float
         Costs (1, 10, 1, 10).
     asv_threshold : float, optional
-        ASV operating point (accepting scores above it); defaults to the ASV EER operating
-        point (:func:`asv_eer_threshold`), as in ASVspoof 2019.
+        ASV operating point; defaults to the ASV EER operating point
+        (:func:`asv_eer_threshold`), as in ASVspoof 2019. As in the reference code, the ASV
+        system accepts a score equal to it: its misses are the target and spoof scores below
+        it, its false alarms the non-target scores at or above it (:func:`asv_error_rates`).
 
     Returns
     -------

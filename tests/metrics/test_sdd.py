@@ -165,3 +165,20 @@ def test_bad_inputs() -> None:
     # An ASV system rejecting every spoof leaves the CM nothing to prevent (C2 = 0).
     with pytest.raises(ValueError, match="positive"):
         min_tdcf(BONA, SPOOF, ASV_TAR, ASV_NON, [-5.0, -6.0])
+
+
+def test_min_tdcf_when_the_lowest_target_score_is_the_asv_threshold() -> None:
+    # ASV: targets 3, 4, 5, 6; non-targets 0, 1, 2, 3.5; spoofs 3, 8, 9. Its EER point
+    # (0.25) rejects 0, 1, 2, 3: the threshold is 3.0, the lowest target score.
+    tar, non, spf = [3.0, 4.0, 5.0, 6.0], [0.0, 1.0, 2.0, 3.5], [3.0, 8.0, 9.0]
+    assert asv_eer_threshold(tar, non) == 3.0
+    # The reference accepts a score equal to the threshold: P_miss = 0 (the target at 3.0
+    # is not a miss), P_fa = 1/4 (3.5), P_miss_spoof = 0 (the spoof at 3.0 gets through).
+    # C1 = 0.9405 * (1 - 0) - 0.0095 * 10 * 0.25 = 0.91675; C2 = 10 * 0.05 * (1 - 0) = 0.5.
+    # t-DCF_norm = (C1 / C2) * miss + fa = 1.8335 * miss + fa over the CM curve's points
+    # (0, 1), (0, 0.75), (1/3, 0.75), (1/3, 0.5), (1/3, 0.25), (1/3, 0), (2/3, 0), (1, 0):
+    # the least is 1.8335 / 3 = 0.6111667 at (1/3, 0). Counting the tied target as a miss
+    # (and the tied spoof as rejected) would give 0.6816 instead.
+    value, threshold = min_tdcf(BONA, SPOOF, tar, non, spf)
+    assert value == pytest.approx(0.91675 / 0.5 / 3)
+    assert threshold == pytest.approx(0.6)
