@@ -727,6 +727,16 @@ def task_only_keys(task: str) -> tuple[str, ...]:
     )
 
 
+def read_toml_file(path: Path, what: str) -> dict[str, Any]:
+    """The whole TOML document at ``path``; :class:`ConfigError` naming ``what`` otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into a flat mapping (``[simulate]`` table or top level).
 
@@ -734,12 +744,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     ``experiments/dpda.py``, which reads its grid of runs from it) and ignored here.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    data = read_toml_file(p, "config file")
     if "simulate" in data and isinstance(data["simulate"], dict):
         rest = {k: v for k, v in data.items() if k not in ("simulate", "experiment")}
         if rest:

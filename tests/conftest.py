@@ -41,3 +41,12 @@ def tiny_spoof_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEDSPEECH_CACHE", str(cache))
         yield build_spoof_corpus(bona, progress=False, workers=1)
+
+
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Flower sets in a ServerApp's process before messages can be made."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key, value in {"_run_id": 1, "_task_id": 1, "_node_id": 1}.items():
+        monkeypatch.setattr(TaskIdentity, key, value)

@@ -125,3 +125,44 @@ def rounds(run_dir: Path) -> list[dict[str, Any]]:
     """``metrics.json`` rounds without their timings (the only thing allowed to differ)."""
     doc = json.loads((run_dir / "metrics.json").read_text())
     return [{k: v for k, v in r.items() if k != "seconds"} for r in doc["rounds"]]
+
+
+def write_tiny_sweep(folder: Path, second: tuple[str, str]) -> Path:
+    """A two-variant sweep file on the tiny built-in corpus in ``folder``; its path.
+
+    The variants are ``none`` and ``second = (name, 'key = value')``; the utility run is one
+    round of 2 clients, the leakage run one gradient of one clip per client, audited on a
+    tiny budget without the speaker and content judges.
+    """
+    tiny = "synth-speakers = 12\nsynth-takes = 1\nclients = 2\nfraction = 1.0\nrounds = 1\n"
+    (folder / "utility.toml").write_text(f"[simulate]\n{tiny}local-epochs = 1\n")
+    (folder / "leakage.toml").write_text(
+        f'[simulate]\n{tiny}share = "gradient"\nbatch-size = 1\ncapture-clients = "all"\n'
+    )
+    name, setting = second
+    path = folder / "sweep.toml"
+    path.write_text(
+        '[sweep]\nutility = "utility.toml"\nleakage = "leakage.toml"\n'
+        "audit = { iterations = 20, restarts = 1, speaker = false, content = false, "
+        "threads = 1 }\n\n"
+        f'[[variant]]\nname = "none"\n\n[[variant]]\nname = "{name}"\n{setting}\n'
+    )
+    return path
+
+
+def train_reply(client_id: int, value: float | None = None, examples: int = 2) -> Any:
+    """A client's training reply (a Flower ``Message``): 4 weights of ``value`` (default:
+    the client id), ``examples`` examples, its id (``server_identity`` must be in use)."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(
+                {"w": torch.full((4,), float(client_id if value is None else value))}
+            ),
+            "metrics": MetricRecord({"num-examples": examples, "train-loss": 0.5}),
+            "client": ConfigRecord({"client-id": client_id}),
+        }
+    )
+    return Message(content, dst_node_id=100 + client_id, message_type=MessageType.TRAIN)

@@ -48,31 +48,14 @@ import tomli_w
 
 from fedspeech.audit import AuditSettings
 from fedspeech.cluster import check_reachable
-from fedspeech.config import SimConfig, read_toml, settings_of
+from fedspeech.config import SimConfig, read_toml, read_toml_file, settings_of
 from fedspeech.errors import ConfigError, FedspeechError
 from fedspeech.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
+from fedspeech.report.html import FRONTIER_COLUMNS, SWEEP_COLUMNS
 from fedspeech.tasks import check_config
 
 __all__ = ["FRONTIER_COLUMNS", "Sweep", "Variant", "load_sweep", "run_sweep"]
 
-#: Columns of ``frontier.csv``.
-FRONTIER_COLUMNS = (
-    "variant",
-    "defense",
-    "strength",
-    "epsilon",
-    "accuracy",
-    "eer",
-    "label_accuracy",
-    "f_mse",
-    "pesq_nb",
-    "stoi",
-    "speaker_reid_rate",
-    "content_rate",
-    "random_pesq_nb",
-    "random_stoi",
-    "n",
-)
 _LEAK = ("label_accuracy", "f_mse", "pesq_nb", "stoi", "speaker_reid_rate", "content_rate")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -133,14 +116,7 @@ def load_sweep(path: str | Path) -> Sweep:
         duplicate or unusable variant name.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file {p} does not exist")
-    import tomllib
-
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"sweep file {p} is not valid TOML: {exc}") from None
+    doc = read_toml_file(p, "sweep file")
     head = doc.get("sweep")
     if not isinstance(head, dict):
         raise ConfigError(f"sweep file {p} has no [sweep] table")
@@ -397,20 +373,7 @@ def write_frontier(out: Path, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in FRONTIER_COLUMNS})
     atomic_write_text(out / "frontier.csv", buf.getvalue())
-    shown = (
-        "variant",
-        "defense",
-        "strength",
-        "epsilon",
-        "accuracy",
-        "label_accuracy",
-        "pesq_nb",
-        "stoi",
-        "speaker_reid_rate",
-        "random_pesq_nb",
-        "random_stoi",
-        "n",
-    )
+    shown = SWEEP_COLUMNS
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
         cells = []

@@ -455,14 +455,16 @@ def _write(
     return path
 
 
-#: Columns of the sweep report's table, from ``frontier.csv``.
-SWEEP_COLUMNS = (
+#: Columns of a sweep's ``frontier.csv`` (``fedspeech sweep``).
+FRONTIER_COLUMNS = (
     "variant",
     "defense",
     "strength",
     "epsilon",
     "accuracy",
+    "eer",
     "label_accuracy",
+    "f_mse",
     "pesq_nb",
     "stoi",
     "speaker_reid_rate",
@@ -471,6 +473,8 @@ SWEEP_COLUMNS = (
     "random_stoi",
     "n",
 )
+#: The columns the sweep report's table and ``frontier.md`` show.
+SWEEP_COLUMNS = tuple(c for c in FRONTIER_COLUMNS if c not in ("eer", "f_mse"))
 
 
 def write_sweep_report(sweep_dir: Path | str, *, embed: bool = False) -> Path:
@@ -588,6 +592,7 @@ def _examples(audit: Path, link: _Links) -> list[dict[str, Any]]:
 
 __all__ = [
     "CARD_SCORES",
+    "FRONTIER_COLUMNS",
     "REPORT_DIR",
     "SWEEP_COLUMNS",
     "Sample",

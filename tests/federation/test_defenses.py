@@ -9,33 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedspeech.capture import load_capture, load_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.server_app import build_strategy
 from fedspeech.federation.strategy import HonestButCuriousStrategy
-from tests.helpers import TINY_KWS, simulate
-
-
-@pytest.fixture
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What Flower sets in a ServerApp's process before messages can be made."""
-    for key, value in {"_run_id": 1, "_task_id": 1, "_node_id": 1}.items():
-        monkeypatch.setattr(TaskIdentity, key, value)
-
-
-def _reply(client_id: int, value: float, examples: int) -> Message:
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({"w": torch.full((4,), value)}),
-            "metrics": MetricRecord({"num-examples": examples, "train-loss": 0.5}),
-            "client": ConfigRecord({"client-id": client_id}),
-        }
-    )
-    return Message(content, dst_node_id=100 + client_id, message_type=MessageType.TRAIN)
+from tests.helpers import TINY_KWS, simulate, train_reply
 
 
 def test_secure_aggregation_captures_only_the_weighted_mean(
@@ -61,7 +42,7 @@ def test_secure_aggregation_captures_only_the_weighted_mean(
         secagg=True,
     )
     strat._global = ArrayRecord({"w": torch.zeros(4)})
-    accepted = [(0, _reply(0, 1.0, 1)), (2, _reply(2, 4.0, 3))]
+    accepted = [(0, train_reply(0, 1.0, 1)), (2, train_reply(2, 4.0, 3))]
     strat._capture_aggregate(1, accepted)
     strat.flush()
     caps = sorted((tmp_path / "captures").glob("*.safetensors"))

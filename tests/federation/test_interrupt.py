@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedspeech.capture import load_capture
 from fedspeech.config import SimConfig
@@ -31,7 +30,7 @@ from fedspeech.federation import strategy as strategy_module
 from fedspeech.federation.checkpoint import load_global, save_global
 from fedspeech.federation.simulate import _Signals, remove_temp_files, resume_point
 from fedspeech.federation.strategy import HonestButCuriousStrategy, StoppableGrid
-from tests.helpers import leftover_processes
+from tests.helpers import leftover_processes, train_reply
 
 TINY = ["--synth-speakers", "12", "--synth-takes", "1", "--clients", "3", "--fraction", "1"]
 # Rounds of a fraction of a second each: the signal comes while rounds remain.
@@ -39,24 +38,6 @@ RUN = [*TINY, "--rounds", "10", "--local-epochs", "2", "--capture-clients", "all
 
 
 # --------------------------------------------------------------------------- unit tests
-@pytest.fixture
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What Flower sets in a ServerApp's process before messages can be made."""
-    for key, value in {"_run_id": 1, "_task_id": 1, "_node_id": 1}.items():
-        monkeypatch.setattr(TaskIdentity, key, value)
-
-
-def _reply(client_id: int) -> Message:
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({"w": torch.full((4,), float(client_id))}),
-            "metrics": MetricRecord({"num-examples": 2, "train-loss": 0.5}),
-            "client": ConfigRecord({"client-id": client_id}),
-        }
-    )
-    return Message(content, dst_node_id=100 + client_id, message_type=MessageType.TRAIN)
-
-
 def _strategy(run_dir: Path, truth_writer: Any) -> HonestButCuriousStrategy:
     strat = HonestButCuriousStrategy(
         FedAvg(),
@@ -95,7 +76,7 @@ def test_truth_is_written_after_its_capture(
     monkeypatch.setattr(strategy_module, "save_capture", slow_save)
     strat = _strategy(tmp_path, truth)
     for cid in range(3):
-        strat._capture(1, cid, _reply(cid))
+        strat._capture(1, cid, train_reply(cid))
     assert not (tmp_path / "truth").exists()  # nothing yet: the writer is still saving
     strat.flush()
     names = [f"r001_c{c:04d}" for c in range(3)]
@@ -114,12 +95,12 @@ def test_close_writes_what_was_received_then_nothing(
     monkeypatch.setattr(strategy_module, "save_capture", slow_save)
     truths: list[Path] = []
     strat = _strategy(tmp_path, lambda r, c, p: truths.append(p))
-    strat._capture(2, 1, _reply(1))
+    strat._capture(2, 1, train_reply(1))
     strat.close()  # waits for the slow write
     cap = load_capture(tmp_path / "captures" / "r002_c0001.safetensors")
     assert cap.server_round == 2 and cap.client_id == 1
     assert [p.name for p in truths] == ["r002_c0001.json"]
-    strat._capture(3, 0, _reply(0))  # after close: not written
+    strat._capture(3, 0, train_reply(0))  # after close: not written
     strat.close()
     assert sorted(p.name for p in (tmp_path / "captures").iterdir()) == ["r002_c0001.safetensors"]
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     rounds,
     simulate,
     stop_processes,
+    write_tiny_sweep,
 )
 
 pytestmark = pytest.mark.slow
@@ -110,17 +111,7 @@ def test_a_sweep_runs_its_variants_across_the_cluster(
     """Two variants, one CPU each, on two one-CPU nodes: one variant on each node."""
     import json
 
-    tiny = "synth-speakers = 12\nsynth-takes = 1\nclients = 2\nfraction = 1.0\nrounds = 1\n"
-    (tmp_path / "u.toml").write_text(f"[simulate]\n{tiny}local-epochs = 1\n")
-    (tmp_path / "l.toml").write_text(
-        f'[simulate]\n{tiny}share = "gradient"\nbatch-size = 1\ncapture-clients = "all"\n'
-    )
-    (tmp_path / "sweep.toml").write_text(
-        '[sweep]\nutility = "u.toml"\nleakage = "l.toml"\n'
-        "audit = { iterations = 20, restarts = 1, speaker = false, content = false, "
-        "threads = 1 }\n\n"
-        '[[variant]]\nname = "none"\n\n[[variant]]\nname = "q4"\nquantize-bits = 4\n'
-    )
+    write_tiny_sweep(tmp_path, ("q4", "quantize-bits = 4"))
     marker = uuid.uuid4().hex
     proc = subprocess.run(
         [sys.executable, "-m", "fedspeech", "sweep", str(tmp_path / "sweep.toml")]

@@ -11,22 +11,11 @@ import pytest
 
 from fedspeech.cli import main
 from fedspeech.federation.sweep import FRONTIER_COLUMNS, load_sweep
-
-TINY = "synth-speakers = 12\nsynth-takes = 1\nclients = 2\nfraction = 1.0\nrounds = 1\n"
+from tests.helpers import write_tiny_sweep
 
 
 def _files(folder: Path) -> None:
-    (folder / "utility.toml").write_text(f"[simulate]\n{TINY}local-epochs = 1\n")
-    (folder / "leakage.toml").write_text(
-        f'[simulate]\n{TINY}share = "gradient"\nbatch-size = 1\ncapture-clients = "all"\n'
-    )
-    (folder / "sweep.toml").write_text(
-        '[sweep]\nutility = "utility.toml"\nleakage = "leakage.toml"\n'
-        "audit = { iterations = 20, restarts = 1, speaker = false, content = false, "
-        "threads = 1 }\n\n"
-        '[[variant]]\nname = "none"\n\n'
-        '[[variant]]\nname = "prune"\nprune-ratio = 0.9\n'
-    )
+    write_tiny_sweep(folder, ("prune", "prune-ratio = 0.9"))
 
 
 def test_a_sweep_file_is_checked_whole(tmp_path: Path) -> None:
