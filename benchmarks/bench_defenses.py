@@ -2,7 +2,8 @@
 
 A client's round as the simulation runs it (``fedspeech.federation.client_app``): local SGD
 over its batches of keyword features (the keyword CNN, 32 x 32 inputs as the built-in
-corpus, one torch thread), then the defense on what it sends; for ``central`` and
+corpus, one torch thread; 58 steps of 16 clips by default, a client of
+``experiments/fsdd.toml``), then the defense on what it sends; for ``central`` and
 ``secagg`` also the server's share: Flower's central-DP wrapper adding noise to the
 aggregate, and the weighted mean of the replies a secure aggregate is. Every mode is timed
 ``--repeat`` times, interleaved, and the median of each ratio to the undefended round is
@@ -11,13 +12,14 @@ SGD step on the same batch: the issue's target is at most 3x for the keyword CNN
 
 Usage::
 
-    python benchmarks/bench_defenses.py                  # 3 repeats, 4 batches of 16
+    python benchmarks/bench_defenses.py                  # 3 repeats, 58 batches of 16
     python benchmarks/bench_defenses.py --repeat 5 --batches 8
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -46,10 +48,12 @@ MODES: dict[str, Defense] = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=4, help="local steps per round")
+    # 58: a client of experiments/fsdd.toml, 450 clips, 2 epochs of batches of 16.
+    ap.add_argument("--batches", type=int, default=58, help="local steps per round")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--clients", type=int, default=6, help="replies the server aggregates")
     args = ap.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # a line per noise draw otherwise
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_model("kws-cnn")

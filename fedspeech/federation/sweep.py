@@ -397,11 +397,11 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         groups.setdefault(str(row["defense"]), []).append(row)
     for ax, metric, label in ((axes[0], "stoi", "STOI"), (axes[1], "pesq_nb", "PESQ-NB")):
         for name, members in groups.items():
-            pts = [
+            pts = sorted(  # along the leakage axis: one line from weakest to strongest
                 (r[metric], r["accuracy"])
                 for r in members
                 if r.get(metric) is not None and r.get("accuracy") is not None
-            ]
+            )
             if not pts:
                 continue
             if name == "none":
