@@ -166,3 +166,28 @@ def train_reply(client_id: int, value: float | None = None, examples: int = 2) -
         }
     )
     return Message(content, dst_node_id=100 + client_id, message_type=MessageType.TRAIN)
+
+
+def capture_strategy(run_dir: Path, truth_writer: Any, **kwargs: Any) -> Any:
+    """A ``HonestButCuriousStrategy`` over FedAvg for 3 clients, capturing all, at the global
+    weights ``w = 0`` (4 entries) of :func:`train_reply`; ``kwargs`` override its settings."""
+    import torch
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedspeech.federation.strategy import HonestButCuriousStrategy
+
+    settings: dict[str, Any] = {
+        "share": "update",
+        "lr": 0.1,
+        "run_dir": run_dir,
+        "capture_count": None,
+        "capture_meta": {"model": "kws-cnn", "frontend": "mel"},
+        "num_clients": 3,
+        "clients_per_round": 3,
+        "truth_writer": truth_writer,
+        **kwargs,
+    }
+    strat = HonestButCuriousStrategy(FedAvg(), **settings)
+    strat._global = ArrayRecord({"w": torch.zeros(4)})
+    return strat

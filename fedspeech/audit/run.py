@@ -50,7 +50,7 @@ from fedspeech.audit.scoring import Scorer, build_scorer, score_capture
 from fedspeech.audit.selection import Job, find_captures, select_jobs
 from fedspeech.audit.settings import AuditSettings
 from fedspeech.audit.truth import is_waveform_run
-from fedspeech.capture import load_capture
+from fedspeech.capture import load_training
 from fedspeech.cluster import check_reachable
 from fedspeech.errors import FedspeechError
 from fedspeech.training.defense import Defense
@@ -241,7 +241,7 @@ def informed_settings(settings: AuditSettings, capture: Path) -> tuple[AuditSett
     direction only (cosine distance, Geiping et al., 2020). The run's captures share one
     defense, so one capture says it.
     """
-    defense = Defense.from_meta(load_capture(capture).training.get("defense"))
+    defense = Defense.from_meta(load_training(capture).get("defense"))
     if defense.client_clips and settings.distance == "l2":
         why = (
             f"the clients clipped their updates to norm {defense.clip:g} ({defense.dp} DP): "

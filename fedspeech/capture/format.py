@@ -208,6 +208,29 @@ def load_capture(path: str | Path) -> Capture:
         raise CaptureFormatError(f"capture {p} has incomplete metadata ({exc})") from None
 
 
+def load_training(path: str | Path) -> dict[str, Any]:
+    """A capture's local-training settings (``Capture.training``), from its header alone.
+
+    Reads the metadata, not the tensors: what the audit needs to know of a run's defense.
+
+    Raises
+    ------
+    CaptureFormatError
+        As :func:`load_capture` for a missing or unreadable file or bad metadata.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CaptureFormatError(f"capture {p} does not exist")
+    meta = _read_metadata(p)
+    try:
+        training = json.loads(meta["training"])
+    except (KeyError, ValueError) as exc:
+        raise CaptureFormatError(f"capture {p} has incomplete metadata ({exc})") from None
+    if not isinstance(training, dict):
+        raise CaptureFormatError(f"capture {p} has malformed training settings")
+    return training
+
+
 def _read_metadata(p: Path) -> dict[str, str]:
     """The string metadata of a safetensors file, its size bounded.
 

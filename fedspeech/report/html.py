@@ -397,8 +397,6 @@ def _write(
     embed: bool,
 ) -> Path:
     """Charts, then the page (atomically), into ``out``."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     classes = len(index.get("classes") or []) or None
     out.mkdir(parents=True, exist_ok=True)
     link = _Links(out, embed)
@@ -422,12 +420,7 @@ def _write(
             return "–"
         return labels[int(i)] if 0 <= int(i) < len(labels) else str(int(i))
 
-    env = Environment(
-        loader=PackageLoader("fedspeech.report", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = _environment()
     env.filters["fmt"] = _fmt
     env.filters["word"] = word
     page = env.get_template("run.html.j2").render(
@@ -489,8 +482,6 @@ def write_sweep_report(sweep_dir: Path | str, *, embed: bool = False) -> Path:
     DataError
         No ``frontier.csv``, or the report cannot be written.
     """
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     root = Path(sweep_dir)
     rows = _read_csv(root / "frontier.csv")
     if not rows:
@@ -536,12 +527,7 @@ def write_sweep_report(sweep_dir: Path | str, *, embed: bool = False) -> Path:
             }
             for r in rows
         ]
-        env = Environment(
-            loader=PackageLoader("fedspeech.report", "templates"),
-            autoescape=select_autoescape(["html", "j2"]),
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
+        env = _environment()
         page = env.get_template("sweep.html.j2").render(
             title=f"fedspeech sweep report: {root.name}",
             sweep_name=root.name,
@@ -556,6 +542,18 @@ def write_sweep_report(sweep_dir: Path | str, *, embed: bool = False) -> Path:
         return path
     except OSError as exc:
         raise DataError(f"report: cannot write {out} ({exc.strerror or exc})") from None
+
+
+def _environment() -> Any:
+    """The Jinja2 environment of the report templates (``report/templates/``)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("fedspeech.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def _is_number(value: Any) -> bool:

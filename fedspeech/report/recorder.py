@@ -38,6 +38,7 @@ from fedspeech.config import SimConfig
 from fedspeech.errors import DivergedError
 from fedspeech.fileio import atomic_save_figure, atomic_write_json
 from fedspeech.metrics.privacy import PrivacyLedger
+from fedspeech.training import local_step_count
 
 # Leakage columns of the terminal table, when the run was audited.
 _LEAK_COLUMNS = {
@@ -59,10 +60,7 @@ def privacy_ledger(cfg: SimConfig, client_clips: list[int]) -> PrivacyLedger | N
         return None
     batch = cfg.batch_size
     rates = [min(1.0, batch / max(n, 1)) for n in client_clips]
-    steps = [
-        cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * -(-n // batch)
-        for n in client_clips
-    ]
+    steps = [local_step_count(n, batch, cfg.local_epochs, cfg.local_steps) for n in client_clips]
     return PrivacyLedger(cfg.dp, cfg.dp_noise, cfg.dp_delta, rates, steps)
 
 

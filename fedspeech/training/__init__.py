@@ -8,6 +8,7 @@ from fedspeech.training.local import (
     evaluate,
     gradient_and_loss,
     local_batches,
+    local_step_count,
     loss_and_accuracy,
     predict,
     seed_torch,
@@ -24,6 +25,7 @@ __all__ = [
     "predict",
     "gradient_and_loss",
     "local_batches",
+    "local_step_count",
     "seed_torch",
     "train_local",
 ]

@@ -67,6 +67,19 @@ def local_batches(
     return batches
 
 
+def local_step_count(clips: int, batch_size: int, epochs: int = 1, steps: int = 0) -> int:
+    """How many batches :func:`local_batches` gives a client of ``clips`` clips.
+
+    Examples
+    --------
+    >>> local_step_count(450, 16, epochs=2), local_step_count(450, 16, steps=10)
+    (58, 10)
+    """
+    if clips == 0:
+        return 0
+    return steps if steps > 0 else epochs * -(-clips // batch_size)
+
+
 def seed_torch(seed: int, server_round: int, client_id: int) -> None:
     """Seed torch's global generator from ``(seed, round, client)``.
 

@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
 from fedspeech.capture import load_capture, load_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.server_app import build_strategy
-from fedspeech.federation.strategy import HonestButCuriousStrategy
-from tests.helpers import TINY_KWS, simulate, train_reply
+from tests.helpers import TINY_KWS, capture_strategy, simulate, train_reply
 
 
 def test_secure_aggregation_captures_only_the_weighted_mean(
@@ -29,19 +27,8 @@ def test_secure_aggregation_captures_only_the_weighted_mean(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
 
-    strat = HonestButCuriousStrategy(
-        FedAvg(),
-        share="gradient",
-        lr=0.1,
-        run_dir=tmp_path,
-        capture_count=None,
-        capture_meta={"model": "kws-cnn", "frontend": "mel", "training": {"lr": 0.1}},
-        num_clients=3,
-        clients_per_round=3,
-        truth_writer=truth,
-        secagg=True,
-    )
-    strat._global = ArrayRecord({"w": torch.zeros(4)})
+    meta = {"model": "kws-cnn", "frontend": "mel", "training": {"lr": 0.1}}
+    strat = capture_strategy(tmp_path, truth, share="gradient", capture_meta=meta, secagg=True)
     accepted = [(0, train_reply(0, 1.0, 1)), (2, train_reply(2, 4.0, 3))]
     strat._capture_aggregate(1, accepted)
     strat.flush()

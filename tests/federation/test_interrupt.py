@@ -16,12 +16,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Message
 
 from fedspeech.capture import load_capture
 from fedspeech.config import SimConfig
@@ -30,7 +29,7 @@ from fedspeech.federation import strategy as strategy_module
 from fedspeech.federation.checkpoint import load_global, save_global
 from fedspeech.federation.simulate import _Signals, remove_temp_files, resume_point
 from fedspeech.federation.strategy import HonestButCuriousStrategy, StoppableGrid
-from tests.helpers import leftover_processes, train_reply
+from tests.helpers import capture_strategy, leftover_processes, train_reply
 
 TINY = ["--synth-speakers", "12", "--synth-takes", "1", "--clients", "3", "--fraction", "1"]
 # Rounds of a fraction of a second each: the signal comes while rounds remain.
@@ -39,19 +38,7 @@ RUN = [*TINY, "--rounds", "10", "--local-epochs", "2", "--capture-clients", "all
 
 # --------------------------------------------------------------------------- unit tests
 def _strategy(run_dir: Path, truth_writer: Any) -> HonestButCuriousStrategy:
-    strat = HonestButCuriousStrategy(
-        FedAvg(),
-        share="update",
-        lr=0.1,
-        run_dir=run_dir,
-        capture_count=None,
-        capture_meta={"model": "kws-cnn", "frontend": "mel"},
-        num_clients=3,
-        clients_per_round=3,
-        truth_writer=truth_writer,
-    )
-    strat._global = ArrayRecord({"w": torch.zeros(4)})
-    return strat
+    return cast(HonestButCuriousStrategy, capture_strategy(run_dir, truth_writer))
 
 
 def test_truth_is_written_after_its_capture(

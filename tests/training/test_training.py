@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -102,3 +103,24 @@ def test_training_reduces_loss() -> None:
     after, acc = evaluate(model, feats, labels)
     assert after < before
     assert acc > 0.9
+
+
+@pytest.mark.parametrize(
+    ("clips", "batch", "epochs", "steps"),
+    [(450, 16, 2, 0), (7, 3, 1, 0), (7, 3, 1, 5), (0, 4, 2, 0)],
+)
+def test_the_step_count_is_that_of_the_batches(
+    clips: int, batch: int, epochs: int, steps: int
+) -> None:
+    from fedspeech.training import local_step_count
+
+    got = local_batches(
+        np.arange(clips),
+        seed=0,
+        server_round=1,
+        client_id=0,
+        batch_size=batch,
+        epochs=epochs,
+        steps=steps,
+    )
+    assert local_step_count(clips, batch, epochs, steps) == len(got)
