@@ -247,6 +247,12 @@ def _add_sweep_parser(sub: Any) -> None:
         metavar="N",
         help="Ray CPUs a variant reserves with --ray-address (default 1)",
     )
+    swp.add_argument(
+        "--reaudit",
+        action="store_true",
+        help="audit the variants done before again (their runs kept; each capture's stage-1 "
+        "result reused when the attack's settings are unchanged) and rewrite their rows",
+    )
     swp.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -415,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stream=None if args.quiet else sys.stderr,
                 ray_address=args.ray_address,
                 cpus_per_variant=args.cpus_per_variant,
+                reaudit=args.reaudit,
             )
             print(Path(args.out) / "frontier.csv")
         elif args.command == "report":

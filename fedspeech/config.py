@@ -639,8 +639,6 @@ class SimConfig:
             ]
             if stray:
                 raise ConfigError(f"{', '.join(stray)} needs --dp central, local or sgd")
-        if self.dp == "sgd" and self.task != "kws":
-            raise ConfigError("--dp sgd is implemented for --task kws only")
         if self.dp == "sgd" and self.share != "update":
             raise ConfigError("--dp sgd needs --share update (DP-SGD is local training)")
 

@@ -74,8 +74,8 @@ SIMULATE_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["--quantize-bits", "17"], ("--quantize-bits must be at most 16",)),
     (["--dp", "sgd", "--dp-clip", "1", "--share", "gradient"], ("--dp sgd needs --share update",)),
     (
-        ["--task", "sdd", "--dp", "sgd", "--dp-clip", "1"],
-        ("--dp sgd is implemented for --task kws only",),
+        ["--task", "sdd", "--dp", "sgd", "--dp-clip", "1", "--alignment", "roga"],
+        ("--dp sgd works with the dual-path aligners", "not --alignment roga"),
     ),
 ]
 SWEEP_CASES: list[tuple[list[str], tuple[str, ...]]] = [

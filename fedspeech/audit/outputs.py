@@ -24,14 +24,12 @@ import dataclasses
 import io
 import math
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from attacks.scoring import METRICS
 from attacks.scoring import summarize as summarize_table
 from fedspeech.audit.selection import Job
 from fedspeech.audit.settings import AuditSettings
@@ -46,12 +44,15 @@ from fedspeech.fileio import (
 __all__ = [
     "FF_PREFIX",
     "GRADIENT_COLUMNS",
+    "GUESS_COLUMNS",
+    "GUESS_PREFIX",
     "ID_COLUMNS",
     "LEAKAGE_COLUMNS",
     "SUMMARY_METRICS",
     "clean_json",
     "format_value",
     "leakage_by_round_plot",
+    "random_guess",
     "log_mel",
     "spectrogram_figure",
     "summarize",
@@ -94,8 +95,15 @@ FF_PREFIX = "ff_"
 FEATURE_COLUMNS: tuple[str, ...] = tuple(
     c for c in GRADIENT_COLUMNS if c not in ("label_correct", "f_mse")
 )
+# The random guess: stage 1's starting point, through stage 2, scored against the same
+# true clip as the row (:func:`fedspeech.audit.scoring.score_capture`).
+GUESS_PREFIX = "guess_"
+GUESS_COLUMNS: tuple[str, ...] = ("f_mse", "pesq_nb", "stoi")
 LEAKAGE_COLUMNS: tuple[str, ...] = (
-    ID_COLUMNS + GRADIENT_COLUMNS + tuple(FF_PREFIX + c for c in FEATURE_COLUMNS)
+    ID_COLUMNS
+    + GRADIENT_COLUMNS
+    + tuple(FF_PREFIX + c for c in FEATURE_COLUMNS)
+    + tuple(GUESS_PREFIX + c for c in GUESS_COLUMNS)
 )
 
 # summary.json metric -> (row column it averages, applies to "from features").
@@ -396,9 +404,7 @@ def write_outputs(
     }
     if scored and rows:
         # The floor a reader compares against: what an attacker who learned nothing scores.
-        summary["random_guess"] = random_guess(
-            out, [{k: str(v) for k, v in r.items()} for r in rows]
-        )
+        summary["random_guess"] = random_guess(rows)
     write_json(out / "summary.json", summary)
     if scored and rows:
         summary_plot(out / "summary.png", summary)
@@ -407,34 +413,37 @@ def write_outputs(
     return clean_json(summary)  # type: ignore[no-any-return]
 
 
-def random_guess(
-    audit_dir: Path, rows: Sequence[Mapping[str, str]], limit: int = 50
-) -> dict[str, Any]:
-    """PESQ-NB and STOI of seeded Gaussian noise at each original's RMS, against it.
+def random_guess(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean F-MSE, PESQ-NB and STOI of the random guess over the rows that have one.
 
-    What an attacker who learned nothing would score on the same clips (the first
-    ``limit`` samples with an original WAV); ``n`` is how many were scored.
+    The guess is stage 1's starting point (the seeded normal draw the attack starts from)
+    passed through stage 2 and scored against the same true clips: what an attacker who
+    learned nothing from the update would score. ``n`` is how many rows were scored; an
+    audit made before the guess existed has none (``n`` = 0, the means NaN).
+
+    Examples
+    --------
+    >>> random_guess([{"guess_stoi": "0.25", "guess_pesq_nb": ""}, {"guess_stoi": 0.35}])["stoi"]
+    0.3
     """
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    scores: dict[str, list[float]] = {"pesq_nb": [], "stoi": []}
+    scores: dict[str, list[float]] = {c: [] for c in GUESS_COLUMNS}
     n = 0
-    for r in rows:
-        if n >= limit:
-            break
-        path = audit_dir / "wav" / f"{r['capture']}_{r['index']}_original.wav"
-        if not path.is_file():
+    for row in rows:
+        if not any(GUESS_PREFIX + c in row for c in GUESS_COLUMNS):
             continue
-        original, _ = sf.read(path, dtype="float32")
-        rms = float(np.sqrt(np.mean(original.astype(np.float64) ** 2))) or 1e-3
-        noise = (rms * rng.standard_normal(original.shape)).astype(np.float32)
         n += 1
-        for name in scores:
-            with warnings.catch_warnings():
-                # Noise often has no "utterance" for PESQ: a NaN, expected, not news.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                value = float(METRICS.get(name)(original, noise))
+        for c in GUESS_COLUMNS:
+            value = _as_float(row.get(GUESS_PREFIX + c))
             if math.isfinite(value):
-                scores[name].append(value)
-    return {"n": n, **{k: float(np.mean(v)) if v else math.nan for k, v in scores.items()}}
+                scores[c].append(value)
+    return {"n": n, **{c: float(np.mean(v)) if v else math.nan for c, v in scores.items()}}
+
+
+def _as_float(value: Any) -> float:
+    """A CSV cell or a number as a float; empty or missing is NaN."""
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

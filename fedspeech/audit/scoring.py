@@ -26,11 +26,18 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
+from attacks.features import initial_features
 from attacks.scoring import ContentClassifier, SpeakerVerifier, score_sample
-from attacks.target import WAVEFORM
+from attacks.target import WAVEFORM, WAVEFORM_INIT_STD
 from attacks.waveform import cmvn_prior, features_to_wave
 from fedspeech.audit.cache import Stage1Result
-from fedspeech.audit.outputs import FF_PREFIX, spectrogram_figure, write_wav
+from fedspeech.audit.outputs import (
+    FF_PREFIX,
+    GUESS_COLUMNS,
+    GUESS_PREFIX,
+    spectrogram_figure,
+    write_wav,
+)
 from fedspeech.audit.selection import Job
 from fedspeech.audit.settings import AuditSettings
 from fedspeech.audit.speech import espeak_words
@@ -253,6 +260,44 @@ def score_capture(
         return _score_capture_quietly(job, s1, settings, out, scorer)
 
 
+def _score_guess(
+    s1: Stage1Result,
+    settings: AuditSettings,
+    frontend: nn.Module | None,
+    options: Mapping[str, Any],
+    true_feats: np.ndarray,
+    pairs: list[tuple[int, int]],
+    originals: Mapping[int, np.ndarray],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Add the random guess's scores (``guess_*``) to ``rows``, in place.
+
+    The guess is where stage 1 starts (:func:`attacks.features.initial_features`, restart 0
+    of the audit's seed): an attacker who learned nothing from the update ends there. It
+    goes through the same stage 2 (none for a ``frontend`` of ``None``: a raw-waveform run),
+    is paired with the true clips the same way (:func:`pair`), and each of its samples is
+    scored on the row of the true clip it was paired with.
+    """
+    std = 1.0 if frontend is not None else WAVEFORM_INIT_STD
+    guess = initial_features(s1.features.shape, settings.seed, 0, "cpu", std).numpy()
+    waves = guess
+    if frontend is not None:
+        waves = np.atleast_2d(
+            features_to_wave(
+                guess, frontend, n_iter=settings.griffin_lim_iters, seed=settings.seed, **options
+            )
+        )
+    row_of = {j: i for i, j in pairs}
+    for g, j in pair(guess, true_feats):
+        i = row_of.get(j)
+        if i is None or i not in originals:
+            continue  # a true clip no reconstruction was paired with
+        scores = score_sample(
+            true_feats[j], guess[g], originals[i], waves[g], metrics=GUESS_COLUMNS
+        )
+        rows[i].update({GUESS_PREFIX + k: v for k, v in scores.items()})
+
+
 def _score_capture_quietly(
     job: Job,
     s1: Stage1Result,
@@ -331,6 +376,8 @@ def _score_capture_quietly(
             ff.update(scorer.judge(original, ff_waves[k], label))
             row.update({FF_PREFIX + key: value for key, value in ff.items()})
             from_features[i] = ff_waves[k]
+        guess_frontend = None if waveform else frontend
+        _score_guess(s1, settings, guess_frontend, options, true_feats, pairs, originals, rows)
     for i, wave in enumerate(rec_waves):
         stem = f"{job.name}_{i}"
         wav = out / "wav"

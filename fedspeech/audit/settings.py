@@ -263,6 +263,8 @@ class AuditSettings:
         # PESQ on 16-bit PCM (attacks.scoring.pcm16): rows scored on floats are rescored.
         key["pesq_input"] = "pcm16"
         key["scored"] = scored
+        # The random guess (guess_* columns) is scored with the rows: older rows lack it.
+        key["random_guess"] = "stage1-start" if scored else None
         if scored:
             key["speaker"] = self.speaker_model if self.speaker else None
             if self.speaker:

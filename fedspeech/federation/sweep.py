@@ -253,13 +253,24 @@ def run_variant(
     folder.mkdir(parents=True, exist_ok=True)
     _simulate(variant.utility, folder / "utility", folder / "utility.log")
     _simulate(variant.leakage, folder / "leakage", folder / "leakage.log")
-    cmd = [sys.executable, "-m", "fedspeech", "audit", str(folder / "leakage"), "--quiet"]
-    _run([*cmd, *audit_flags], folder / "audit.log")
-    row = _row(variant, folder)
+    row = audit_variant(variant, folder, audit_flags)
     if on_cluster:
         import ray
 
         row["node"] = ray.get_runtime_context().get_node_id()
+        atomic_write_json(folder / "row.json", row, indent=1)
+    return row
+
+
+def audit_variant(variant: Variant, folder: Path, audit_flags: list[str]) -> dict[str, Any]:
+    """Audit the variant's leakage run, then write and return its ``row.json``.
+
+    The audit resumes what it can (a capture's stage-1 result made with the same settings
+    is reused), so after a change to the scoring only stage 2 and the scores are redone.
+    """
+    cmd = [sys.executable, "-m", "fedspeech", "audit", str(folder / "leakage"), "--quiet"]
+    _run([*cmd, *audit_flags], folder / "audit.log")
+    row = _row(variant, folder)
     atomic_write_json(folder / "row.json", row, indent=1)
     return row
 
@@ -271,12 +282,15 @@ def run_sweep(
     stream: TextIO | None = sys.stderr,
     ray_address: str | None = None,
     cpus_per_variant: float = 1.0,
+    reaudit: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every variant not done yet, then write the frontier files; return the rows.
 
     With ``ray_address`` the variants run as Ray tasks of ``cpus_per_variant`` CPUs across
     that cluster (every node needs fedspeech and ``out`` at the same path); each variant's
-    runs then start their own local Ray on the node that took it.
+    runs then start their own local Ray on the node that took it. With ``reaudit``, the
+    variants done before are audited again (here, one after another) and their rows
+    rewritten, their two runs kept: what a change to the audit needs.
     """
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -290,11 +304,15 @@ def run_sweep(
     total = len(sweep.variants)
     rows: dict[str, dict[str, Any]] = {}
     todo: list[tuple[int, Variant]] = []
+    again: list[tuple[int, Variant]] = []
     for i, variant in enumerate(sweep.variants, 1):
         done = out / variant.name / "row.json"
         if done.is_file():
             rows[variant.name] = json.loads(done.read_text(encoding="utf-8"))
-            say(f"[{i}/{total}] {variant.name}: done before")
+            if reaudit:
+                again.append((i, variant))
+            else:
+                say(f"[{i}/{total}] {variant.name}: done before")
         else:
             todo.append((i, variant))
     flags = _audit_flags(sweep.audit)
@@ -317,6 +335,11 @@ def run_sweep(
             say(f"[{i}/{total}] {variant.name}: utility run, leakage run, audit")
             row = run_variant(variant, out / variant.name, flags)
             finished(i, variant, row, time.perf_counter() - t0)
+    for i, variant in again:
+        t0 = time.perf_counter()
+        say(f"[{i}/{total}] {variant.name}: audit again")
+        row = audit_variant(variant, out / variant.name, flags)
+        finished(i, variant, row, time.perf_counter() - t0)
     ordered = [rows[v.name] for v in sweep.variants if v.name in rows]
     write_frontier(out, ordered)
     say(f"frontier of {len(ordered)} variants in {out / 'frontier.csv'}")

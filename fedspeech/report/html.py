@@ -10,8 +10,9 @@ It shows what the run folder holds and says what it does not:
 * the run's settings and the versions it ran on (``config.toml``, ``run.json``);
 * utility per round (accuracy and loss; EER for ``--task sdd``) and leakage per audited
   round, as charts and a table (``metrics.json``, ``audit/leakage.csv``);
-* the leakage summary (from features, from gradients, and a random guess: seeded noise at
-  each clip's loudness, scored by the same metrics; chance for labels and content);
+* the leakage summary (from features, from gradients, and a random guess: stage 1's
+  starting point through the same stage 2, scored by the same metrics; chance for labels
+  and content);
 * one card per audited sample: the original, the waveform rebuilt from the true features
   and the one rebuilt from the shared gradient, each in an ``<audio>`` player, the
   spectrogram triple and the sample's scores; the cards sort by any score.
@@ -260,6 +261,7 @@ def _summary_table(
     chance = {
         "label_accuracy": 1 / classes if classes else math.nan,
         "content_rate": 1 / classes if classes else math.nan,
+        "f_mse": guess.get("f_mse", math.nan),
         "pesq_nb": guess.get("pesq_nb", math.nan),
         "stoi": guess.get("stoi", math.nan),
     }
@@ -410,7 +412,7 @@ def _write(
     guess: Mapping[str, Any] = {}
     if summary and summary.get("scored"):
         # Audits before the baseline was part of summary.json: computed here.
-        guess = summary.get("random_guess") or random_guess(run / "audit", rows)
+        guess = summary.get("random_guess") or random_guess(rows)
     samples = _samples(run, rows, link)
     labels = list(index.get("classes") or [])
 

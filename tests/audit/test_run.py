@@ -24,6 +24,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from attacks.features import initial_features
 from attacks.scoring import SPEAKER_MODELS, stoi
 from attacks.waveform import features_to_wave
 from fedspeech.audit import LEAKAGE_COLUMNS, SUMMARY_METRICS, AuditSettings, audit_run
@@ -137,6 +138,28 @@ def test_end_to_end_beats_random_features(run_dir: Path, audited: tuple[dict, fl
     for rec, base in zip(rec_fmse, base_fmse, strict=True):
         assert rec < 0.25 * base
     assert np.mean(rec_stoi) > np.mean(base_stoi) + 0.15
+
+
+def test_the_random_guess_is_the_stage1_start_scored_the_same_way(
+    run_dir: Path, audited: tuple[dict, float]
+) -> None:
+    out = run_dir / "audit"
+    rows = read_rows(out / "leakage.csv")
+    features = np.load(run_dir / "data" / "features.npy", allow_pickle=False)
+    settings = AuditSettings(**FAST)
+    for row in rows:
+        truth = load_truth(run_dir / "truth" / f"{row['capture']}.json")
+        (pos,) = truth["batches"][0]["positions"]
+        true = features[pos]
+        # Batch 1: the capture's start is restart 0's draw of shape (1, F, T).
+        start = initial_features((1, *true.shape), settings.seed, 0).numpy()[0]
+        expected = float(np.mean((start - true) ** 2))
+        assert float(row["guess_f_mse"]) == pytest.approx(expected, rel=1e-3)  # CSV: 4 digits
+        assert float(row["guess_f_mse"]) > 4 * float(row["f_mse"])
+        assert 0.0 <= float(row["guess_stoi"]) < float(row["stoi"])
+    guess = json.loads((out / "summary.json").read_text(encoding="utf-8"))["random_guess"]
+    assert guess["n"] == len(rows) == 2
+    assert guess["stoi"] == pytest.approx(np.mean([float(r["guess_stoi"]) for r in rows]), rel=1e-3)
 
 
 def test_resume_reuses_finished_captures(

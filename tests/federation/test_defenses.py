@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 from fedspeech.capture import load_capture, load_truth
 from fedspeech.config import SimConfig
 from fedspeech.federation.server_app import build_strategy
-from tests.helpers import TINY_KWS, capture_strategy, simulate, train_reply
+from tests.helpers import TINY_KWS, TINY_SDD, capture_strategy, simulate, train_reply
 
 
 def test_secure_aggregation_captures_only_the_weighted_mean(
@@ -126,3 +126,27 @@ def test_secure_aggregation_run_is_audited_as_one_batch(tmp_path: Path, tiny_cac
     grads = compute_gradient(model, torch.from_numpy(feats[pos]), torch.from_numpy(labels[pos]))
     for k, g in grads.items():
         torch.testing.assert_close(cap.shared[k], g, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_dp_sgd_detector_run_trains_privately_and_records_its_budget(
+    tmp_path: Path, tiny_spoof_root: Path
+) -> None:
+    """--task sdd --dp sgd: per-clip clipping of the dual-path step, BatchNorm frozen."""
+    args = [*TINY_SDD, "--data-root", str(tiny_spoof_root), "--clients", "3", "--rounds", "2"]
+    dp = ["--dp", "sgd", "--dp-clip", "1", "--dp-noise", "1", "--alignment", "pcgrad"]
+    simulate(tmp_path / "dp", *args, *dp, "--capture-clients", "all")
+    doc = json.loads((tmp_path / "dp" / "metrics.json").read_text())
+    assert doc["defense"]["dp"] == "sgd"
+    eps = [r["epsilon"] for r in doc["rounds"]]
+    assert 0 < eps[0] < eps[1] < math.inf
+    assert all("conflict_rate" not in r for r in doc["rounds"])  # not covered by epsilon
+    captures = sorted((tmp_path / "dp" / "captures").glob("*.safetensors"))
+    assert captures
+    for path in captures:
+        cap = load_capture(path)
+        assert cap.training["defense"]["dp"] == "sgd"
+        changed = [k for k in cap.shared if not torch.equal(cap.shared[k], cap.global_weights[k])]
+        # Weights moved; BatchNorm's running statistics were not touched by private training.
+        assert any(k.endswith("weight") for k in changed)
+        assert not [k for k in changed if "running_" in k or "num_batches" in k]

@@ -69,3 +69,16 @@ def test_an_interrupted_sweep_resumes_without_redoing_a_variant(
     assert "[2/2] prune: utility run, leakage run, audit" in err
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing of it was redone
     assert (out / "prune" / "row.json").is_file()
+    # --reaudit: both variants audited again, their runs kept, their rows rewritten.
+    runs = [p for v in ("none", "prune") for p in (out / v / "utility").rglob("*") if p.is_file()]
+    runs += [p for v in ("none", "prune") for p in (out / v / "leakage" / "captures").rglob("*")]
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    row_before = (out / "none" / "row.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "sweep.toml"), "--out", str(out), "--reaudit"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] none: audit again" in err and "[2/2] prune: audit again" in err
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
+    assert (out / "none" / "row.json").stat().st_mtime_ns > row_before
+    again = list(csv.DictReader(io.StringIO((out / "frontier.csv").read_text())))
+    assert [r["stoi"] for r in again] == [r["stoi"] for r in rows]  # same settings, same scores
