@@ -337,6 +337,13 @@ class SimConfig:
         task_defaults={"sdd": "aasist-xs"},
         registry="model",
     )
+    init_weights: str | None = setting(
+        None,
+        "start the global model from these weights: a model.safetensors, a run folder, or a "
+        "published AASIST/AASIST-L .pth (read with weights_only=True)",
+        group="model",
+        metavar="PATH",
+    )
     activation: str = setting(
         "relu",
         "model activation",

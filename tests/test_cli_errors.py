@@ -9,11 +9,14 @@ absence of a traceback end to end (about 2 s each). ``docs/reliability.md`` is t
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedspeech.cli import main
+from fedspeech.models.weights import save_model_file
 from tests.helpers import FSDD, assert_one_line_error, needs_fsdd, run_cli
 
 # (arguments, words the error line must hold); placeholders: see PLACEHOLDERS.
@@ -73,6 +76,18 @@ SIMULATE_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["--quantize-bits", "0"], ("--quantize-bits must be at least 1",)),
     (["--quantize-bits", "17"], ("--quantize-bits must be at most 16",)),
     (["--dp", "sgd", "--dp-clip", "1", "--share", "gradient"], ("--dp sgd needs --share update",)),
+    (["--init-weights", "missing"], ("no such weights file or run folder: missing",)),
+    (["--init-weights", "empty"], ("empty is a folder without model.safetensors",)),
+    (
+        ["--task", "sdd", "--init-weights", "kws.safetensors"],
+        ("kws.safetensors holds a 'kws-cnn' model, not 'aasist-xs'",),
+    ),
+    (["--init-weights", "cut.safetensors"], ("cut.safetensors: not a readable safetensors",)),
+    (["--init-weights", "evil.pth"], ("evil.pth: a .pth is read only as a published checkpoint",)),
+    (
+        ["--task", "sdd", "--model", "aasist-l", "--init-weights", "evil.pth"],
+        ("evil.pth: refused: it holds objects other than tensors",),
+    ),
     (
         ["--task", "sdd", "--dp", "sgd", "--dp-clip", "1", "--alignment", "roga"],
         ("--dp sgd works with the dual-path aligners", "not --alignment roga"),
@@ -140,7 +155,17 @@ PLACEHOLDERS = {
     "missing": "a path that does not exist",
     "new-run": "a run interrupted before its first round ended (a config.toml, no saved model)",
     "bad-sweep.toml": "a sweep file whose second variant has an unknown setting",
+    "kws.safetensors": "a model file of the keyword CNN",
+    "cut.safetensors": "a model file cut after 20 bytes",
+    "evil.pth": "a pickle that runs code when unpickled (it would create a file named pwned)",
 }
+
+
+class _Evil:
+    """Unpickled unsafely, this would create ``pwned`` in the working folder."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned",))
 
 
 def make_paths(folder: Path) -> None:
@@ -152,6 +177,10 @@ def make_paths(folder: Path) -> None:
     (folder / "new-run").mkdir(exist_ok=True)
     (folder / "new-run" / "config.toml").write_text("[simulate]\nrounds = 2\n")
     (folder / "base.toml").write_text("[simulate]\nrounds = 1\n")
+    model = {"w": torch.zeros(3)}
+    save_model_file(folder / "kws.safetensors", model, {"model": "kws-cnn"})
+    (folder / "cut.safetensors").write_bytes((folder / "kws.safetensors").read_bytes()[:20])
+    (folder / "evil.pth").write_bytes(pickle.dumps({"w": _Evil()}))
     (folder / "bad-sweep.toml").write_text(
         '[sweep]\nutility = "base.toml"\nleakage = "base.toml"\n\n'
         '[[variant]]\nname = "a"\n\n[[variant]]\nname = "b"\ndp = "local"\ndp-nois = 1\n'
@@ -187,6 +216,7 @@ def test_bad_input_is_one_line(
         assert needle in line, line
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
     assert not (tmp_path / "sweep").exists()  # a refused sweep writes nothing
+    assert not (tmp_path / "pwned").exists()  # nothing in a checkpoint was executed
 
 
 @pytest.mark.parametrize(

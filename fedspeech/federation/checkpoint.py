@@ -1,33 +1,40 @@
-"""The global model after the last completed round, for ``fedspeech simulate --resume``.
+"""The global model after the last completed round: ``<run>/model.safetensors``.
 
-After every round the server writes ``<run>/state/global.safetensors`` atomically: the
-global weights with the round number in the file's metadata. A resumed run starts from it,
-and since sampling, client seeds and ground truth depend only on the seed and the round
-number, it continues exactly as the uninterrupted run would have.
+After every round the server writes the global weights atomically to the run's
+:data:`~fedspeech.models.weights.MODEL_FILE`, with the round number, the model's name and
+keyword arguments, the task, the class names and the run's settings in the file's metadata
+(:func:`fedspeech.models.weights.save_model_file`). ``fedspeech simulate --resume`` starts
+from it, and since sampling, client seeds and ground truth depend only on the seed and the
+round number, it continues exactly as the uninterrupted run would have. The same file is
+what ``fedspeech evaluate --init-weights RUN_DIR`` scores and what ``--init-weights``
+starts another run from.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
 
 from fedspeech.errors import FedspeechError
-from fedspeech.fileio import atomic_write_bytes
+from fedspeech.models.weights import MODEL_FILE, read_model_file, save_model_file
 
 #: The global model of a run's last completed round, relative to the run folder.
-STATE_FILE = Path("state") / "global.safetensors"
+STATE_FILE = Path(MODEL_FILE)
 
 
-def save_global(run_dir: Path, weights: dict[str, torch.Tensor], server_round: int) -> Path:
+def save_global(
+    run_dir: Path,
+    weights: dict[str, torch.Tensor],
+    server_round: int,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
     """Write the global ``weights`` after ``server_round`` to the run's :data:`STATE_FILE`."""
-    path = Path(run_dir) / STATE_FILE
-    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    atomic_write_bytes(path, save(tensors, metadata={"round": str(server_round)}))
-    return path
+    return save_model_file(
+        Path(run_dir) / STATE_FILE, weights, {**(meta or {}), "round": str(server_round)}
+    )
 
 
 def load_global(run_dir: Path) -> tuple[dict[str, torch.Tensor], int]:
@@ -45,16 +52,8 @@ def load_global(run_dir: Path) -> tuple[dict[str, torch.Tensor], int]:
             "its first round ended"
         )
     try:
-        data = path.read_bytes()
-        weights = load(data)
-        server_round = _round_of(data)
-    except (OSError, SafetensorError, ValueError, KeyError) as exc:
+        weights, meta = read_model_file(path)
+        server_round = int(meta["round"])
+    except (FedspeechError, ValueError, KeyError) as exc:
         raise FedspeechError(f"--resume {run_dir}: cannot read {path}: {exc}") from None
     return weights, server_round
-
-
-def _round_of(data: bytes) -> int:
-    """The ``round`` of a safetensors file's metadata (header: 8-byte length, JSON)."""
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    return int(header.get("__metadata__", {})["round"])

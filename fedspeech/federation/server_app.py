@@ -187,7 +187,7 @@ def run_server(
     ``plain=True`` runs Flower's strategy alone, without the capture wrapper (the
     baseline of ``benchmarks/bench_federation.py``); it needs ``share="update"``.
     ``control`` resumes a run after ``control.start_round`` and stops it on a signal.
-    After every round the global model is saved to ``state/global.safetensors``
+    After every round the global model is saved to ``model.safetensors``
     (:mod:`fedspeech.federation.checkpoint`).
     """
     control = control if control is not None else ServerControl()
@@ -216,6 +216,14 @@ def _run_server(
     model = build_model(cfg.model, **kwargs)
     if control.initial_weights is not None:
         model.load_state_dict(control.initial_weights)
+    # What model.safetensors says of itself: enough to rebuild, score or fine-tune it.
+    model_meta = {
+        "model": cfg.model,
+        "model_kwargs": kwargs,
+        "task": cfg.task,
+        "classes": list(data.classes),
+        "settings": cfg.to_dict(),
+    }
     feats, labels = open_features(str(data.features_path), str(data.labels_path))
     test_x = np.ascontiguousarray(feats[data.test_indices])
     test_y = labels[data.test_indices]
@@ -268,7 +276,7 @@ def _run_server(
         recorder.evaluated(server_round, acc, loss, seconds, extra=extra)
         if server_round > 0 and not plain:
             # After metrics.json: a resumed run drops rounds recorded after this file's.
-            save_global(data.run_dir, arrays.to_torch_state_dict(), server_round)
+            save_global(data.run_dir, arrays.to_torch_state_dict(), server_round, model_meta)
         if cfg.audit and server_round > 0 and isinstance(strategy, HonestButCuriousStrategy):
             # The captures of this round are written by a background thread.
             strategy.flush()

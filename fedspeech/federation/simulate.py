@@ -119,6 +119,8 @@ def _simulate(
     if cfg.resume is not None:
         metrics_doc, control.initial_weights, control.start_round = resume_point(cfg)
     data: RunData = prepare_run(cfg)
+    if data.initial_weights is not None:
+        control.initial_weights = data.initial_weights
     run_dir = data.run_dir
     state["run_dir"] = run_dir
     if cfg.resume is None:

@@ -62,7 +62,11 @@ def prepare_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
     """
     task = check_config(cfg)
     with claimed_run_dir(cfg, run_dir) as path:
-        return task.prepare(cfg, path)
+        data = task.prepare(cfg, path)
+        if cfg.init_weights and cfg.resume is None:
+            # Inside the claim: weights that do not fit leave no run folder behind.
+            data.initial_weights = task.initial_weights(cfg, data)
+        return data
 
 
 __all__ = [

@@ -21,7 +21,8 @@ from torch import nn
 
 from fedspeech.config import SimConfig
 from fedspeech.data.partition import PARTITIONS
-from fedspeech.models import MODELS
+from fedspeech.models import MODELS, build_model
+from fedspeech.models.weights import check_weights_file, load_weights
 from fedspeech.registry import Registry
 from fedspeech.tasks.prepare import RunData
 from fedspeech.training.defense import Defense
@@ -61,6 +62,21 @@ class Task(ABC):
         """
         MODELS.get(cfg.model)
         PARTITIONS.get(cfg.partition)
+        if cfg.init_weights:
+            check_weights_file(cfg.init_weights, cfg.model)
+
+    def initial_weights(self, cfg: SimConfig, data: RunData) -> dict[str, torch.Tensor]:
+        """The model built for ``data`` and filled from ``--init-weights``, as a state dict.
+
+        Raises
+        ------
+        ConfigError, DataError
+            The file does not fit the model (a key or shape named), or cannot be read.
+        """
+        assert cfg.init_weights is not None
+        model = build_model(cfg.model, **self.model_kwargs(cfg, data))
+        load_weights(model, cfg.model, cfg.init_weights)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @abstractmethod
     def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:

@@ -97,6 +97,8 @@ class RunData:
     corpus_meta: dict[str, list[str]]
     eval_sets: dict[str, np.ndarray] = field(default_factory=dict)
     domains: dict[str, np.ndarray] = field(default_factory=dict)
+    # The global model's starting weights (``--init-weights``); None: the model's own init.
+    initial_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def features_path(self) -> Path:
