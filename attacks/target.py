@@ -314,6 +314,24 @@ def _pruning_mask(cap: Capture, names: list[str]) -> dict[str, torch.Tensor] | N
 
 def _update_caveat(cap: Capture, steps: int) -> str:
     """Why the gradient estimated from an update is not exact ("" when it is)."""
+    notes = [n for n in (_dual_path_caveat(cap), _step_caveat(cap, steps)) if n]
+    return "; ".join(notes)
+
+
+def _dual_path_caveat(cap: Capture) -> str:
+    """A dual-path keyword update: not the clean gradient the attack matches."""
+    augment = str(cap.training.get("augment", "none") or "none")
+    if cap.training.get("task") == "sdd" or augment == "none":
+        return ""
+    return (
+        f"a dual-path update ({augment}, aligned by {cap.training.get('alignment')}): the "
+        "shared direction combines the clean and the augmented gradient, and stage 1 "
+        "matches it as the clean gradient"
+    )
+
+
+def _step_caveat(cap: Capture, steps: int) -> str:
+    """What the optimizer and the number of steps leave approximate."""
     optimizer = str(cap.training.get("optimizer", "sgd"))
     if optimizer != "sgd":
         return (

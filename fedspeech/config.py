@@ -60,6 +60,7 @@ GROUPS: dict[str, str] = {
     "defense": "defenses (what a client does to its update before sending it)",
     "capture": "capture (the honest-but-curious server)",
     "audit": "audit after each round (--audit)",
+    "dual-path": "dual-path training (clean and augmented paths, gradient alignment)",
     "sdd": "speech-deepfake detection (--task sdd)",
     "ray": "Ray",
     "output": "output",
@@ -494,21 +495,26 @@ class SimConfig:
         0, "torch threads of the attack (0 = every core)", group="audit", minimum=0
     )
     augment: str = setting(
-        "rawboost:4",
-        "augmentation of the second path, rawboost:N (N = 1-8)",
-        group="sdd",
-        tasks=("sdd",),
+        "none",
+        "augmentation of the second path of dual-path training: rawboost:N (N = 1-8) or "
+        "noise:LOW[:HIGH] on waveforms, specaugment:F[:M] on features (kws), none (kws: "
+        "plain local SGD, no second path)",
+        group="dual-path",
+        task_defaults={"sdd": "rawboost:4"},
         registry="augmentation",
     )
     alignment: str = setting(
         "pcgrad",
-        "local trainer: dual-path gradient alignment or RoGA",
-        group="sdd",
-        tasks=("sdd",),
+        "local trainer of dual-path training: a gradient aligner or RoGA (sdd)",
+        group="dual-path",
         registry="alignment",
     )
     optimizer: str = setting(
-        "adam", "local optimizer", group="sdd", tasks=("sdd",), registry="optimizer"
+        "sgd",
+        "local optimizer of dual-path training",
+        group="dual-path",
+        task_defaults={"sdd": "adam"},
+        registry="optimizer",
     )
     clip_samples: int = setting(
         4000, "clip length in samples at 16 kHz", group="sdd", tasks=("sdd",), above=0
@@ -703,6 +709,9 @@ class SimConfig:
                 continue
             if self.dp == "none" and info.name in ("dp_noise", "dp_delta"):
                 continue  # they mean nothing without --dp; fed back, they would be an error
+            if self.task == "kws" and self.augment == "none":
+                if info.name in ("alignment", "optimizer"):
+                    continue  # likewise without a second path
             value = getattr(self, info.name)
             if value is not None:
                 out[info.key] = value

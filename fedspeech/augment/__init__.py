@@ -4,6 +4,8 @@
   :mod:`fedspeech.augment.rawboost`.
 * ``specaugment:F`` or ``specaugment:F:M`` -- SpecAugment frequency masking of up to ``F``
   bins, ``M`` masks (default 1), on ``(B, F, T)`` features (Park et al., 2019).
+* ``noise:LOW`` or ``noise:LOW:HIGH`` -- white Gaussian noise at a signal-to-noise ratio
+  drawn from ``[LOW, HIGH]`` dB per clip, on raw waveforms (:mod:`fedspeech.augment.noise`).
 * ``none`` -- the identity on waveforms: the second path sees the clean batch again, so
   dual-path training reduces to plain training (an ablation, and the setting in which a
   shared update is exactly a clean-data gradient for the privacy audit).
@@ -31,6 +33,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from fedspeech.augment.noise import WhiteNoise
 from fedspeech.augment.rawboost import ALGORITHMS, RawBoost, RawBoostParams, rawboost
 from fedspeech.augment.specaugment import FrequencyMask, frequency_mask
 from fedspeech.errors import ConfigError
@@ -42,12 +45,16 @@ __all__ = [
     "FrequencyMask",
     "RawBoost",
     "RawBoostParams",
+    "WhiteNoise",
     "build_augmentation",
     "frequency_mask",
     "rawboost",
 ]
 
-_KNOWN = "rawboost:N (N = 1-8), specaugment:F[:M] (F = max width, M = masks), none"
+_KNOWN = (
+    "rawboost:N (N = 1-8), specaugment:F[:M] (F = max width, M = masks), "
+    "noise:LOW[:HIGH] (SNR in dB), none"
+)
 
 
 @runtime_checkable
@@ -103,6 +110,16 @@ class Identity:
         return x
 
 
+def _noise(args: list[str]) -> Augmentation:
+    if not 1 <= len(args) <= 2:
+        raise ValueError
+    low = float(args[0])
+    high = float(args[-1])
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError
+    return WhiteNoise(low, high)
+
+
 def _identity(args: list[str]) -> Augmentation:
     if args:
         raise ValueError
@@ -113,6 +130,7 @@ AUGMENTATIONS: Registry[Callable[[list[str]], Augmentation]] = Registry("augment
 AUGMENTATIONS.register("none")(_identity)
 AUGMENTATIONS.register("rawboost")(_rawboost)
 AUGMENTATIONS.register("specaugment")(_specaugment)
+AUGMENTATIONS.register("noise")(_noise)
 
 
 def build_augmentation(spec: str) -> Augmentation:

@@ -80,6 +80,9 @@ class Variant:
             return "quantisation", f"{cfg.quantize_bits} bits"
         if cfg.secagg:
             return "secure aggregation", f"{cfg.clients_per_round()} clients"
+        if cfg.task == "kws" and cfg.augment != "none":
+            # Not a defense: dual-path training, whose effect on leakage a sweep can measure.
+            return f"dual-path {cfg.alignment}", cfg.augment
         return "none", ""
 
 
@@ -231,6 +234,8 @@ def _row(variant: Variant, folder: Path) -> dict[str, Any]:
         "accuracy": final.get("accuracy"),
         "eer": final.get("eer"),
     }
+    rates = [r["conflict_rate"] for r in metrics.get("rounds", []) if "conflict_rate" in r]
+    row["conflict_rate"] = sum(rates) / len(rates) if rates else None
     for key in _LEAK:
         row[key] = grads.get(key, {}).get("mean")
     row["n"] = max((s.get("n", 0) for s in grads.values()), default=0)

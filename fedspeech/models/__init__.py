@@ -16,6 +16,7 @@ from torch import nn
 
 from fedspeech.models.aasist import AASIST, AASISTL, AASISTXS
 from fedspeech.models.kws_cnn import KeywordCNN
+from fedspeech.models.reference import load_reference_weights
 from fedspeech.registry import Registry
 
 MODELS: Registry[Any] = Registry("model")
@@ -30,4 +31,4 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS.get(name)(**kwargs)  # type: ignore[no-any-return]
 
 
-__all__ = ["MODELS", "KeywordCNN", "build_model"]
+__all__ = ["MODELS", "KeywordCNN", "build_model", "load_reference_weights"]

@@ -7,7 +7,8 @@ Pipeline, for a waveform ``(B, T)`` at 16 kHz:
 
 1. fixed sinc band-pass filterbank (70 Mel-spaced filters, 129 taps), ``|·|``,
    max-pool 3×3 over (filter, time), BN, SELU: ``(B, 1, 23, T')``;
-2. six 2-D residual blocks, each ending in a (1, 3) max-pool: ``(B, C, 23, T'')``;
+2. six 2-D residual blocks (conv, BN, SELU, conv, shortcut), each ending in a (1, 3)
+   max-pool: ``(B, C, 23, T'')``;
 3. spectral graph (23 nodes: max over time, plus a positional embedding) and temporal
    graph (``T''`` nodes: max over frequency), each through a graph attention layer and
    graph pooling;
@@ -16,7 +17,10 @@ Pipeline, for a waveform ``(B, T)`` at 16 kHz:
 5. readout ``[max|T|, mean T, max|S|, mean S, master]``, dropout, linear to the logits.
 
 The published configurations have 297,866 (AASIST) and 85,306 (AASIST-L) parameters, and
-these modules match them exactly. Logit index 1 is bona fide, 0 spoof.
+these modules match them exactly. Loaded with the authors' checkpoints
+(:func:`fedspeech.models.reference.load_reference_weights`), AASIST and AASIST-L give the
+authors' implementation's logits to float32 rounding (``tests/models/test_reference_weights.py``).
+Logit index 1 is bona fide, 0 spoof.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class AasistConfig:
         Kept fractions for the spectral pool, the temporal pool and the HS-GAL pools (the
         fourth entry is unused, as in the reference).
     temperatures : tuple[float, ...]
-        Softmax temperatures of GAT-S, GAT-T, the first and the second HS-GAL of a branch.
+        Softmax temperatures of GAT-S, GAT-T and the HS-GAL layers (the fourth entry is
+        unused: the reference gives every HS-GAL the third).
     sample_rate : int
         Sampling rate the sinc filters are designed for.
     dropout : bool
@@ -70,6 +75,13 @@ class AasistConfig:
         masks are drawn on the client and never shared, so a server attacking a shared
         gradient cannot reproduce the network the gradient came from; without dropout it can
         (used to measure the gradient-inversion audit's best case, ``--no-dropout``).
+    pre_activation : bool
+        Run each residual block's BN + SELU before its first convolution (fedspeech's
+        ``aasist-xs``, as it was measured). False (the published models): the block's
+        convolution reads its input itself, as the authors' implementation does.
+    float32_sinc : bool
+        Build the sinc filters in float32, as the published weights' filters were (True);
+        False: exactly in float64 (``aasist-xs``, as it was measured).
     """
 
     first_conv: int = 128
@@ -79,6 +91,8 @@ class AasistConfig:
     temperatures: tuple[float, ...] = (2.0, 2.0, 100.0, 100.0)
     sample_rate: int = 16000
     dropout: bool = True
+    pre_activation: bool = False
+    float32_sinc: bool = True
 
     def updated(self, overrides: Mapping[str, Any]) -> AasistConfig:
         """A copy with ``overrides`` applied; unknown keys raise :class:`ConfigError`."""
@@ -126,7 +140,13 @@ class SincFilterbank(nn.Module):
 
     filters: torch.Tensor
 
-    def __init__(self, out_channels: int, kernel_size: int, sample_rate: int = 16000) -> None:
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int,
+        sample_rate: int = 16000,
+        float32_design: bool = True,
+    ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             kernel_size += 1
@@ -136,13 +156,27 @@ class SincFilterbank(nn.Module):
         edges = _mel_to_hz(
             np.linspace(0.0, _hz_to_mel(np.array(sample_rate / 2.0)), out_channels + 1)
         )
-        n = np.arange(kernel_size, dtype=np.float64) - (kernel_size - 1) / 2.0
-        low, high = edges[:-1, None] / sample_rate, edges[1:, None] / sample_rate
-        ideal = 2.0 * high * np.sinc(2.0 * high * n) - 2.0 * low * np.sinc(2.0 * low * n)
-        bank = ideal * np.hamming(kernel_size)[None, :]
-        self.register_buffer(
-            "filters", torch.tensor(bank, dtype=torch.float32).unsqueeze(1), persistent=False
-        )
+        # The sinc arguments are rounded to float32 before the sinc, and the windowed product
+        # is taken in float32: the precision the published weights' filters were built in.
+        # Filters exact in float64 differ from those by up to 1.5e-7, which the trained
+        # network amplifies to 6e-5 in its logits.
+        if not float32_design:
+            n = np.arange(kernel_size, dtype=np.float64) - (kernel_size - 1) / 2.0
+            low, high = edges[:-1, None] / sample_rate, edges[1:, None] / sample_rate
+            exact = 2.0 * high * np.sinc(2.0 * high * n) - 2.0 * low * np.sinc(2.0 * low * n)
+            filters = torch.tensor(exact * np.hamming(kernel_size)[None, :], dtype=torch.float32)
+            self.register_buffer("filters", filters.unsqueeze(1), persistent=False)
+            return
+        taps = np.arange(kernel_size, dtype=np.float32) - np.float32((kernel_size - 1) / 2)
+
+        def lowpass(cutoff: np.ndarray) -> np.ndarray:
+            """Ideal low-pass impulse responses ``(filters, taps)`` for cut-offs in Hz."""
+            arg = taps * (2.0 * cutoff[:, None]).astype(np.float32) / np.float32(sample_rate)
+            return 2.0 * cutoff[:, None] / sample_rate * np.sinc(arg).astype(np.float64)
+
+        ideal = (lowpass(edges[1:]) - lowpass(edges[:-1])).astype(np.float32)
+        bank = np.hamming(kernel_size).astype(np.float32)[None, :] * ideal
+        self.register_buffer("filters", torch.from_numpy(bank).unsqueeze(1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Filter ``(B, 1, T)`` into ``(B, out_channels, T - kernel_size + 1)``."""
@@ -150,22 +184,36 @@ class SincFilterbank(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation 2-D residual block: [BN, SELU,] conv(2,3), BN, SELU, conv(2,3), pool.
+    """2-D residual block as published: conv(2,3), BN, SELU, conv(2,3), + shortcut, pool.
 
     The two (2, 3) convolutions pad the frequency axis once, so frequency size is kept; a
     (1, 3) convolution matches channels on the shortcut; a (1, 3) max-pool divides time
     by three.
+
+    Every block but the first has a BN + SELU "pre-activation" (``pre``) whose output the
+    reference implementation computes and then discards: its first convolution reads the
+    block input itself. The published weights were trained that way, so ``pre`` holds
+    checkpoint weights (and counts towards the published parameter counts) but is not run:
+    it changes no output, and its running statistics stay as loaded.
+    :meth:`AASIST.forward` links its parameters to the logits with a zero term, so that their
+    gradient is an exact zero rather than missing.
 
     Parameters
     ----------
     in_channels, out_channels : int
         Channel counts.
     first : bool
-        Skip the leading BN and SELU (the input is already normalised and activated).
+        No ``pre`` (the published first block has none).
+    pre_activation : bool
+        Run ``pre`` before the first convolution (``aasist-xs``: a pre-activation block);
+        False, the published wiring, leaves it unread.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, first: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, first: bool = False, pre_activation: bool = False
+    ) -> None:
         super().__init__()
+        self.pre_activation = pre_activation
         self.pre: nn.Module = (
             nn.Identity() if first else nn.Sequential(nn.BatchNorm2d(in_channels), nn.SELU())
         )
@@ -182,7 +230,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, F, T)`` → ``(B, C_out, F, T // 3)``."""
-        out = self.conv2(self.act(self.bn2(self.conv1(self.pre(x)))))
+        inp = self.pre(x) if self.pre_activation else x
+        out = self.conv2(self.act(self.bn2(self.conv1(inp))))
         return self.pool(out + self.shortcut(x))
 
 
@@ -370,12 +419,15 @@ class AASIST(nn.Module):
         gat1, gat2 = cfg.gat_dims
         ratios, temps = cfg.pool_ratios, cfg.temperatures
 
-        self.sinc = SincFilterbank(int(n_sinc), cfg.first_conv, cfg.sample_rate)
+        self.sinc = SincFilterbank(int(n_sinc), cfg.first_conv, cfg.sample_rate, cfg.float32_sinc)
         self.first_bn = nn.BatchNorm2d(1)
         self.selu = nn.SELU()
         specs: Sequence[Sequence[int]] = [*blocks, blocks[-1], blocks[-1]]
         self.encoder = nn.Sequential(
-            *(ResidualBlock(int(c[0]), int(c[1]), first=i == 0) for i, c in enumerate(specs))
+            *(
+                ResidualBlock(int(c[0]), int(c[1]), first=i == 0, pre_activation=cfg.pre_activation)
+                for i, c in enumerate(specs)
+            )
         )
         self.num_spectral_nodes = int(n_sinc) // 3
         self.pos_spectral = nn.Parameter(torch.randn(1, self.num_spectral_nodes, channels))
@@ -387,9 +439,9 @@ class AASIST(nn.Module):
         self.pool_spectral = GraphPool(ratios[0], gat1)
         self.pool_temporal = GraphPool(ratios[1], gat1)
         self.hs_gal11 = HSGraphAttentionLayer(gat1, gat2, temps[2])
-        self.hs_gal12 = HSGraphAttentionLayer(gat2, gat2, temps[3])
+        self.hs_gal12 = HSGraphAttentionLayer(gat2, gat2, temps[2])
         self.hs_gal21 = HSGraphAttentionLayer(gat1, gat2, temps[2])
-        self.hs_gal22 = HSGraphAttentionLayer(gat2, gat2, temps[3])
+        self.hs_gal22 = HSGraphAttentionLayer(gat2, gat2, temps[2])
         self.pool_hs1 = GraphPool(ratios[2], gat2)
         self.pool_ht1 = GraphPool(ratios[2], gat2)
         self.pool_hs2 = GraphPool(ratios[2], gat2)
@@ -427,8 +479,11 @@ class AASIST(nn.Module):
         t_aug, s_aug, m_aug = second(t, s, m)
         return t + t_aug, s + s_aug, m + m_aug
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` from waveforms ``(B, T)`` or ``(B, 1, T)``."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Last hidden layer ``(B, 5 · gat_dims[1])`` from waveforms ``(B, T)`` or ``(B, 1, T)``.
+
+        ``[max|T|, mean T, max|S|, mean S, master]``, before the readout dropout.
+        """
         if x.dim() == 3:
             x = x.squeeze(1)
         if x.shape[-1] < self.min_samples:
@@ -459,7 +514,7 @@ class AASIST(nn.Module):
         out_s = torch.maximum(d(s1), d(s2))
         master = torch.maximum(d(m1), d(m2))
 
-        hidden = torch.cat(
+        return torch.cat(
             [
                 out_t.abs().amax(dim=1),
                 out_t.mean(dim=1),
@@ -469,7 +524,28 @@ class AASIST(nn.Module):
             ],
             dim=1,
         )
-        return self.out_layer(self.drop(hidden))  # type: ignore[no-any-return]
+
+    def _unread_parameters_zero(self) -> torch.Tensor:
+        """An exact zero that depends on every parameter the forward pass does not read.
+
+        Those are the residual blocks' ``pre`` layers (see :class:`ResidualBlock`). Adding
+        this to the logits gives them a zero gradient instead of none, so that
+        ``torch.autograd.grad`` over all parameters (``compute_gradient``) works as before.
+        An empty slice's sum is zero whatever the weights hold, NaN included.
+        """
+        zero = self.out_layer.bias.new_zeros(())
+        for block in self.encoder:
+            assert isinstance(block, ResidualBlock)
+            if block.pre_activation:
+                continue
+            for p in block.pre.parameters():
+                zero = zero + p.reshape(-1)[:0].sum()
+        return zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` from waveforms ``(B, T)`` or ``(B, 1, T)``."""
+        logits = self.out_layer(self.drop(self.embed(x)))
+        return logits + self._unread_parameters_zero()  # type: ignore[no-any-return]
 
 
 class AASISTL(AASIST):
@@ -512,4 +588,7 @@ class AASISTXS(AASIST):
         filts=(40, (1, 8), (8, 8), (8, 16), (16, 16)),
         gat_dims=(16, 16),
         pool_ratios=(0.4, 0.5, 0.7, 0.5),
+        # As measured in docs/results: pre-activation blocks, float64 sinc design.
+        pre_activation=True,
+        float32_sinc=False,
     )

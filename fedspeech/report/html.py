@@ -458,6 +458,7 @@ FRONTIER_COLUMNS = (
     "epsilon",
     "accuracy",
     "eer",
+    "conflict_rate",
     "label_accuracy",
     "f_mse",
     "pesq_nb",

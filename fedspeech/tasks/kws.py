@@ -16,18 +16,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedspeech.augment import build_augmentation
 from fedspeech.config import SimConfig
 from fedspeech.data.corpus import KeywordCorpus
 from fedspeech.data.loaders import DATASETS, load_dataset
 from fedspeech.data.partition import PARTITIONS, partition
 from fedspeech.data.synth import synthesize_corpus
 from fedspeech.errors import ConfigError, DataError
+from fedspeech.fileio import atomic_save_npy
 from fedspeech.frontends import FRONTENDS, build_frontend
 from fedspeech.models import MODELS
 from fedspeech.tasks.base import TASKS, ClientResult, Task
-from fedspeech.tasks.prepare import RunData, compute_features, default_run_dir, peak_normalize
+from fedspeech.tasks.prepare import (
+    RunData,
+    compute_features,
+    default_run_dir,
+    open_waveforms,
+    peak_normalize,
+    waveforms_file,
+)
 from fedspeech.training import gradient_and_loss, train_local
 from fedspeech.training.defense import Defense
+from fedspeech.training.dual_path import OPTIMIZERS
+from fedspeech.training.sdd import LOCAL_TRAINERS, ROGA, augment_fn, train_sdd
 
 
 def resolve_corpus(cfg: SimConfig) -> KeywordCorpus:
@@ -93,6 +104,9 @@ def prepare_kws_run(cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         corpus_meta={k: v for k, v in meta.items() if k != "classes"},
     )
     run.write(feats, corpus.labels, meta, cfg.partition)
+    if build_augmentation(cfg.augment).domain == "wave" and cfg.augment != "none":
+        # A waveform augmentation runs before the front-end: the clients need the clips.
+        atomic_save_npy(waveforms_file(run.features_path.parent), corpus.waveforms.astype("f4"))
     return run
 
 
@@ -100,10 +114,35 @@ class KeywordSpotting(Task):
     """``--task kws``: the keyword-spotting study whose updates and gradients are audited."""
 
     def validate(self, cfg: SimConfig) -> None:
-        """Keyword-spotting names: dataset, model, front-end and partition are registered."""
+        """Keyword-spotting names: dataset, model, front-end and partition are registered.
+
+        Dual-path training (``--augment`` other than ``none``) shares updates, takes a
+        gradient aligner (not RoGA, whose domains are the detectors' attacks and speakers)
+        and no proximal term; ``--alignment`` and ``--optimizer`` mean nothing without it.
+        """
         super().validate(cfg)
         DATASETS.get(cfg.dataset)
         FRONTENDS.get(cfg.frontend)
+        build_augmentation(cfg.augment)
+        LOCAL_TRAINERS.get(cfg.alignment)
+        OPTIMIZERS.get(cfg.optimizer)
+        if cfg.augment == "none":
+            stray = [f"--{k}" for k in ("alignment", "optimizer") if k in cfg.explicit]
+            if stray:
+                raise ConfigError(
+                    f"{' and '.join(stray)} need --augment with --task kws (without a second "
+                    "path, clients run plain local SGD)"
+                )
+            return
+        if cfg.share != "update":
+            raise ConfigError("dual-path training (--augment) shares updates; use --share update")
+        if cfg.alignment == ROGA:
+            raise ConfigError(
+                "--alignment roga is for --task sdd (its domains are attacks and speakers); "
+                "use none, pcgrad, gradvac, cagrad or upgrad"
+            )
+        if cfg.strategy == "fedprox":
+            raise ConfigError("--strategy fedprox has no dual-path step; use fedavg or fedadam")
 
     def prepare(self, cfg: SimConfig, run_dir: Path | None = None) -> RunData:
         """:func:`prepare_kws_run`."""
@@ -118,12 +157,22 @@ class KeywordSpotting(Task):
         }
 
     def client_config(self, cfg: SimConfig) -> dict[str, Any]:
-        """The gradient-norm bound of local SGD."""
-        return {"clip-norm": cfg.clip_norm}
+        """The gradient-norm bound of local SGD; the dual-path settings."""
+        return {
+            "clip-norm": cfg.clip_norm,
+            "frontend": cfg.frontend,
+            "augment": cfg.augment,
+            "alignment": cfg.alignment,
+            "optimizer": cfg.optimizer,
+        }
 
     def training_meta(self, cfg: SimConfig) -> dict[str, Any]:
-        """The gradient-norm bound of local SGD (a shared gradient is never clipped)."""
-        return {"clip_norm": cfg.clip_norm}
+        """The gradient-norm bound of local SGD (a shared gradient is never clipped); the
+        dual-path settings when there is a second path (plain runs' captures unchanged)."""
+        meta: dict[str, Any] = {"clip_norm": cfg.clip_norm}
+        if cfg.augment != "none":
+            meta.update(augment=cfg.augment, alignment=cfg.alignment, optimizer=cfg.optimizer)
+        return meta
 
     def capture_frontend(self, cfg: SimConfig) -> str:
         """``--frontend``: the model reads its features."""
@@ -146,6 +195,8 @@ class KeywordSpotting(Task):
             grads, loss = gradient_and_loss(model, x, y)
             return ClientResult(arrays=grads, num_examples=len(batch), loss=loss)
         defense = Defense.from_meta(json.loads(str(settings.get("defense", "{}"))))
+        if str(settings.get("augment", "none")) != "none":
+            return self._train_dual_path(model, features, labels, batches, settings, client_id)
         if defense.dp == "sgd":
             assert defense.clip is not None  # SimConfig.validate
             # DP-SGD clips each sample's gradient: --clip-norm's per-step bound is moot.
@@ -174,6 +225,65 @@ class KeywordSpotting(Task):
             clip_norm=float(settings["clip-norm"]),
         )
         return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
+
+    def _train_dual_path(
+        self,
+        model: nn.Module,
+        features: np.ndarray,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        settings: Mapping[str, Any],
+        client_id: int,
+    ) -> ClientResult:
+        """The detectors' local trainer (:func:`~fedspeech.training.sdd.train_sdd`) on keywords.
+
+        SpecAugment masks the features; a waveform augmentation (RawBoost, noise) acts on the
+        clips before the front-end, so the network trained is the front-end (no parameters)
+        followed by the model, whose weights are shared.
+        """
+        aug = build_augmentation(str(settings["augment"]))
+        seed = (int(settings["seed"]), int(settings["server-round"]), client_id)
+        net: nn.Module = model
+        inputs = features
+        if aug.domain == "wave":
+            inputs = open_waveforms(str(settings["features-path"]))
+            net = nn.Sequential(build_frontend(str(settings["frontend"])), model)
+        defense = Defense.from_meta(json.loads(str(settings.get("defense", "{}"))))
+        if defense.dp == "sgd":
+            from fedspeech.training.dp_sgd import train_dp_dual_path
+
+            assert defense.clip is not None
+            res = train_dp_dual_path(
+                net,
+                inputs,
+                labels,
+                batches,
+                augment=augment_fn(aug, np.random.default_rng(seed)),
+                alignment=str(settings["alignment"]),
+                lr=float(settings["lr"]),
+                optimizer=str(settings["optimizer"]),
+                clip=defense.clip,
+                noise=defense.noise,
+            )
+            return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
+        out = train_sdd(
+            net,
+            inputs,
+            labels,
+            batches,
+            augment=aug,
+            alignment=str(settings["alignment"]),
+            lr=float(settings["lr"]),
+            momentum=float(settings["momentum"]),
+            optimizer=str(settings["optimizer"]),
+            seed=seed,
+        )
+        return ClientResult(
+            model.state_dict(),
+            num_examples=out.num_examples,
+            loss=out.loss,
+            metrics={"conflict-rate": out.conflict_rate},
+        )
 
 
 KWS = TASKS.register("kws")(KeywordSpotting())

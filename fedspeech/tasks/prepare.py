@@ -141,6 +141,26 @@ def domains_file(data_dir: Path, kind: str) -> Path:
     return Path(data_dir) / f"domains_{kind}.npy"
 
 
+def waveforms_file(data_dir: Path) -> Path:
+    """A keyword run's waveforms, kept beside ``features.npy`` when a client augments them."""
+    return Path(data_dir) / "waveforms.npy"
+
+
+@lru_cache(maxsize=2)
+def open_waveforms(features_path: str) -> np.ndarray:
+    """``(N, samples)`` float32 waveforms beside a run's features, memory-mapped once.
+
+    Raises
+    ------
+    DataError
+        The run was prepared without them (no waveform-domain augmentation).
+    """
+    path = waveforms_file(Path(features_path).parent)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the run was prepared without waveforms")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 def default_run_dir() -> Path:
     """``runs/<timestamp>`` under the working directory.
 
@@ -441,6 +461,8 @@ __all__ = [
     "domains_file",
     "holds_run",
     "open_domains",
+    "open_waveforms",
+    "waveforms_file",
     "open_features",
     "open_partition",
     "peak_normalize",

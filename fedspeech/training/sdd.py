@@ -102,6 +102,8 @@ class LocalSettings:
         Learning rate of the local optimizer (a fresh one each call).
     optimizer : str
         ``adam`` (as in Truong et al.) or ``sgd``.
+    momentum : float
+        SGD's heavy-ball momentum (``sgd`` only).
     roga_rho, roga_alpha : float, optional
         RoGA's ascent radius and alignment weight (``roga`` only).
     roga_domains : np.ndarray, optional
@@ -111,6 +113,7 @@ class LocalSettings:
 
     lr: float
     optimizer: str
+    momentum: float = 0.0
     roga_rho: float | None = None
     roga_alpha: float | None = None
     roga_domains: np.ndarray | None = None
@@ -165,6 +168,7 @@ def _dual_path_trainer(alignment: str) -> LocalTrainer:
             augment=augment,
             alignment=alignment,
             lr=settings.lr,
+            momentum=settings.momentum,
             optimizer=settings.optimizer,
         )
         return _sdd_result(res)
@@ -219,6 +223,7 @@ def train_sdd(
     lr: float,
     optimizer: str,
     seed: int | Sequence[int] = 0,
+    momentum: float = 0.0,
     roga_rho: float | None = None,
     roga_alpha: float | None = None,
     roga_domains: np.ndarray | None = None,
@@ -246,6 +251,8 @@ def train_sdd(
         ``adam`` (as in Truong et al.) or ``sgd``.
     seed : int or sequence of int
         Seeds the augmentation's randomness (e.g. ``(seed, round, client)``).
+    momentum : float
+        SGD's momentum (the dual-path trainers with ``optimizer="sgd"``).
     roga_rho, roga_alpha : float, optional
         RoGA's ascent radius and alignment weight (``alignment="roga"`` only).
     roga_domains : np.ndarray, optional
@@ -271,6 +278,7 @@ def train_sdd(
     settings = LocalSettings(
         lr=lr,
         optimizer=optimizer,
+        momentum=momentum,
         roga_rho=roga_rho,
         roga_alpha=roga_alpha,
         roga_domains=roga_domains,

@@ -123,9 +123,31 @@ def test_specaugment_masks_up_to_f_consecutive_bins() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["mixup:2", "rawboost:9", "rawboost", "rawboost:x", "specaugment", "none:1"]
+    "spec",
+    [
+        "mixup:2",
+        "rawboost:9",
+        "rawboost",
+        "rawboost:x",
+        "specaugment",
+        "none:1",
+        "noise",
+        "noise:x",
+        "noise:20:10",
+        "noise:nan",
+    ],
 )
 def test_unknown_or_bad_spec(spec: str) -> None:
     with pytest.raises(ConfigError, match="rawboost:N"):
         build_augmentation(spec)
-    assert AUGMENTATIONS.names() == ["none", "rawboost", "specaugment"]
+    assert AUGMENTATIONS.names() == ["noise", "none", "rawboost", "specaugment"]
+
+
+def test_white_noise_reaches_its_snr_on_every_clip() -> None:
+    aug = build_augmentation("noise:5:15")
+    assert aug.domain == "wave" and aug.spec == "noise:5:15"
+    t = np.arange(16000) / 16000
+    x = torch.from_numpy(np.stack([a * np.sin(2 * np.pi * 300 * t) for a in (0.1, 1.0)]))
+    y = aug.batch(x.float(), np.random.default_rng(0))
+    snr = 10 * torch.log10(x.square().mean(1) / (y - x).square().mean(1))
+    assert ((snr > 4.8) & (snr < 15.2)).all(), snr

@@ -49,7 +49,13 @@ def test_model_kwargs_and_capture_meta_per_task(tmp_path: Path) -> None:
         "input_shape": [40, 32],
         "activation": "relu",
     }
-    assert TASKS.get("kws").client_config(kws) == {"clip-norm": 5.0}
+    assert TASKS.get("kws").client_config(kws) == {
+        "clip-norm": 5.0,
+        "frontend": "mel",
+        "augment": "none",
+        "alignment": "pcgrad",
+        "optimizer": "sgd",
+    }
     assert TASKS.get("kws").training_meta(kws) == {"clip_norm": 5.0}
     assert TASKS.get("kws").capture_frontend(kws) == "mel"
     sdd = SimConfig.from_mapping({"task": "sdd", "dropout": False})
