@@ -462,7 +462,11 @@ class AASIST(nn.Module):
                     mod.p = 0.0
         if cfg.channels_last:
             # Only the 4-D convolution weights change layout; values and names are the same.
-            self.encoder.to(memory_format=torch.channels_last)
+            for conv in self.encoder.modules():
+                if isinstance(conv, nn.Conv2d):
+                    conv.weight.data = conv.weight.data.contiguous(
+                        memory_format=torch.channels_last
+                    )
 
         if num_samples < self.min_samples:
             raise ConfigError(
