@@ -192,7 +192,8 @@ def _update_to_gradient(
     cap: Capture, cid: str, names: list[str]
 ) -> tuple[dict[str, torch.Tensor], int, int]:
     """Mean-gradient estimate, samples behind it and local steps, from a FedAvg update."""
-    lr = _training_value(cap, cid, "lr")
+    _training_value(cap, cid, "lr")  # present, a number
+    lr = cap.learning_rate()  # this round's, under --lr-schedule
     momentum = _training_value(cap, cid, "momentum", 0.0)
     if lr <= 0:
         raise CaptureFormatError(f"capture {cid} has a non-positive learning rate {lr}")

@@ -38,6 +38,7 @@ from typing import Any
 
 import tomli_w
 
+from fedspeech.capture.format import LR_SCHEDULES
 from fedspeech.errors import ConfigError
 
 #: The largest seed: numpy takes any, but 32 bits is what every seeded library accepts.
@@ -415,6 +416,16 @@ class SimConfig:
     lr: float = setting(
         0.1, "client learning rate", group="sharing", task_defaults={"sdd": 3e-3}, above=0
     )
+    lr_schedule: str = setting(
+        "constant",
+        "client learning rate over the rounds: constant, or cosine (annealed from --lr in "
+        "round 1 to --lr-min in the last)",
+        group="sharing",
+        choices=LR_SCHEDULES,
+    )
+    lr_min: float = setting(
+        0.0, "the last round's learning rate of --lr-schedule cosine", group="sharing", minimum=0
+    )
     clip_norm: float = setting(
         5.0,
         "clip each local step's gradient to this L2 norm (0: no clipping; share=update)",
@@ -515,6 +526,12 @@ class SimConfig:
         group="dual-path",
         task_defaults={"sdd": "adam"},
         registry="optimizer",
+    )
+    weight_decay: float = setting(
+        0.0,
+        "L2 weight decay of the dual-path optimizer (Adam's or SGD's weight_decay)",
+        group="dual-path",
+        minimum=0,
     )
     clip_samples: int = setting(
         4000, "clip length in samples at 16 kHz", group="sdd", tasks=("sdd",), above=0
@@ -638,6 +655,12 @@ class SimConfig:
             )
         if self.audit and count == 0:
             raise ConfigError("--audit needs captures: --capture-clients must not be 0")
+        if self.lr_schedule == "constant" and "lr_min" in self.explicit:
+            raise ConfigError("--lr-min needs --lr-schedule cosine")
+        if self.lr_schedule != "constant" and self.share == "gradient":
+            raise ConfigError("--lr-schedule is for local training; use it with --share update")
+        if self.lr_min > self.lr:
+            raise ConfigError(f"--lr-min {self.lr_min:g} is above --lr {self.lr:g}")
         self._validate_defense()
 
     def _validate_defense(self) -> None:
@@ -710,8 +733,10 @@ class SimConfig:
             if self.dp == "none" and info.name in ("dp_noise", "dp_delta"):
                 continue  # they mean nothing without --dp; fed back, they would be an error
             if self.task == "kws" and self.augment == "none":
-                if info.name in ("alignment", "optimizer"):
+                if info.name in ("alignment", "optimizer", "weight_decay"):
                     continue  # likewise without a second path
+            if self.lr_schedule == "constant" and info.name == "lr_min":
+                continue
             value = getattr(self, info.name)
             if value is not None:
                 out[info.key] = value

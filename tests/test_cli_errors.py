@@ -76,6 +76,16 @@ SIMULATE_CASES: list[tuple[list[str], tuple[str, ...]]] = [
     (["--quantize-bits", "0"], ("--quantize-bits must be at least 1",)),
     (["--quantize-bits", "17"], ("--quantize-bits must be at most 16",)),
     (["--dp", "sgd", "--dp-clip", "1", "--share", "gradient"], ("--dp sgd needs --share update",)),
+    (["--lr-min", "0.01"], ("--lr-min needs --lr-schedule cosine",)),
+    (["--lr-schedule", "cosine", "--lr-min", "1"], ("--lr-min 1 is above --lr 0.1",)),
+    (["--lr-schedule", "linear"], ("--lr-schedule", "linear")),
+    (
+        ["--lr-schedule", "cosine", "--share", "gradient"],
+        ("--lr-schedule is for local training",),
+    ),
+    (["--weight-decay", "-1"], ("--weight-decay must not be negative",)),
+    (["--weight-decay", "0.1"], ("--weight-decay need --augment with --task kws",)),
+    (["--task", "sdd", "--augment", "freqmask:9000"], ("bad augmentation spec 'freqmask:9000'",)),
     (["--init-weights", "missing"], ("no such weights file or run folder: missing",)),
     (["--init-weights", "empty"], ("empty is a folder without model.safetensors",)),
     (

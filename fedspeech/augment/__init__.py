@@ -6,6 +6,8 @@
   bins, ``M`` masks (default 1), on ``(B, F, T)`` features (Park et al., 2019).
 * ``noise:LOW`` or ``noise:LOW:HIGH`` -- white Gaussian noise at a signal-to-noise ratio
   drawn from ``[LOW, HIGH]`` dB per clip, on raw waveforms (:mod:`fedspeech.augment.noise`).
+* ``freqmask:W`` -- a random band of up to ``W`` Hz removed from raw waveforms through their
+  Fourier transform (:mod:`fedspeech.augment.freqmask`).
 * ``none`` -- the identity on waveforms: the second path sees the clean batch again, so
   dual-path training reduces to plain training (an ablation, and the setting in which a
   shared update is exactly a clean-data gradient for the privacy audit).
@@ -33,6 +35,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from fedspeech.augment.freqmask import WaveFrequencyMask
 from fedspeech.augment.noise import WhiteNoise
 from fedspeech.augment.rawboost import ALGORITHMS, RawBoost, RawBoostParams, rawboost
 from fedspeech.augment.specaugment import FrequencyMask, frequency_mask
@@ -45,6 +48,7 @@ __all__ = [
     "FrequencyMask",
     "RawBoost",
     "RawBoostParams",
+    "WaveFrequencyMask",
     "WhiteNoise",
     "build_augmentation",
     "frequency_mask",
@@ -53,7 +57,7 @@ __all__ = [
 
 _KNOWN = (
     "rawboost:N (N = 1-8), specaugment:F[:M] (F = max width, M = masks), "
-    "noise:LOW[:HIGH] (SNR in dB), none"
+    "noise:LOW[:HIGH] (SNR in dB), freqmask:W (a band of up to W Hz removed), none"
 )
 
 
@@ -120,6 +124,12 @@ def _noise(args: list[str]) -> Augmentation:
     return WhiteNoise(low, high)
 
 
+def _freqmask(args: list[str]) -> Augmentation:
+    if len(args) != 1:
+        raise ValueError
+    return WaveFrequencyMask(float(args[0]))
+
+
 def _identity(args: list[str]) -> Augmentation:
     if args:
         raise ValueError
@@ -131,6 +141,7 @@ AUGMENTATIONS.register("none")(_identity)
 AUGMENTATIONS.register("rawboost")(_rawboost)
 AUGMENTATIONS.register("specaugment")(_specaugment)
 AUGMENTATIONS.register("noise")(_noise)
+AUGMENTATIONS.register("freqmask")(_freqmask)
 
 
 def build_augmentation(spec: str) -> Augmentation:

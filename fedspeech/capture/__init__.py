@@ -4,6 +4,7 @@ This package never imports ``flwr``, so :mod:`attacks` can read captures from an
 """
 
 from fedspeech.capture.format import (
+    LR_SCHEDULES,
     WAVEFORM,
     Capture,
     CaptureFormatError,
@@ -12,11 +13,13 @@ from fedspeech.capture.format import (
     load_training,
     load_truth,
     reply_steps,
+    round_lr,
     save_capture,
     save_truth,
 )
 
 __all__ = [
+    "LR_SCHEDULES",
     "WAVEFORM",
     "Capture",
     "CaptureFormatError",
@@ -25,6 +28,7 @@ __all__ = [
     "load_training",
     "load_truth",
     "reply_steps",
+    "round_lr",
     "save_capture",
     "save_truth",
 ]

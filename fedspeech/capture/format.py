@@ -13,6 +13,7 @@ The ground truth of a captured batch (clip ids, labels, speakers) is written bes
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,24 @@ class Capture:
     frontend_kwargs: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
+    def learning_rate(self) -> float:
+        """The clients' learning rate in this capture's round (:func:`round_lr`).
+
+        Raises
+        ------
+        CaptureFormatError
+            No ``lr`` recorded, or an unknown schedule.
+        """
+        if "lr" not in self.training:
+            raise CaptureFormatError("capture records no learning rate (training.lr)")
+        return round_lr(
+            float(self.training["lr"]),
+            self.server_round,
+            int(self.training.get("rounds", 1)),
+            str(self.training.get("lr_schedule", "constant")),
+            float(self.training.get("lr_min", 0.0)),
+        )
+
     def local_steps(self) -> int | None:
         """Local SGD steps behind :attr:`shared`, as the capture records them.
 
@@ -131,6 +150,37 @@ def reply_steps(kind: str, local_steps: int) -> int:
     (1, 10, 0)
     """
     return 1 if kind == "gradient" else int(local_steps)
+
+
+#: Client learning-rate schedules over the rounds of a run (``--lr-schedule``).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr(
+    lr: float, server_round: int, rounds: int, schedule: str, lr_min: float = 0.0
+) -> float:
+    """The clients' learning rate in ``server_round`` (1-based) of a run of ``rounds``.
+
+    ``constant``: ``lr``. ``cosine``: annealed from ``lr`` in round 1 to ``lr_min`` in the
+    last round, ``lr_min + (lr − lr_min)(1 + cos(π (r − 1) / (R − 1))) / 2`` (SGDR's cosine
+    annealing, Loshchilov and Hutter, ICLR 2017, one step per round). The single statement of
+    the rule, for the client that trains and the attack that turns an update into a gradient.
+
+    Examples
+    --------
+    >>> [round(round_lr(1.0, r, 3, "cosine", 0.1), 3) for r in (1, 2, 3)]
+    [1.0, 0.55, 0.1]
+    >>> round_lr(0.5, 7, 10, "constant")
+    0.5
+    """
+    if schedule == "constant" or rounds <= 1:
+        return float(lr)
+    if schedule != "cosine":
+        raise CaptureFormatError(
+            f"unknown learning-rate schedule {schedule!r}; known: {', '.join(LR_SCHEDULES)}"
+        )
+    progress = min(max(server_round - 1, 0), rounds - 1) / (rounds - 1)
+    return float(lr_min + (lr - lr_min) * (1 + math.cos(math.pi * progress)) / 2)
 
 
 def capture_name(server_round: int, client_id: int) -> str:

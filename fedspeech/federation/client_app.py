@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedspeech.capture import reply_steps
+from fedspeech.capture import reply_steps, round_lr
 from fedspeech.models import build_model
 from fedspeech.tasks import TASKS
 from fedspeech.tasks.prepare import open_features, open_partition
@@ -103,7 +103,15 @@ def train(msg: Message, context: Context) -> Message:
         steps=reply_steps(share, int(_get(cfg, "local-steps"))),
     )
     task = TASKS.get(str(_get(cfg, "task", "kws")))
-    res = task.train(model, feats, labels, batches, cfg, client_id)
+    lr = round_lr(
+        float(_get(cfg, "lr")),
+        server_round,
+        int(_get(cfg, "rounds", 1)),
+        str(_get(cfg, "lr-schedule", "constant")),
+        float(_get(cfg, "lr-min", 0.0)),
+    )
+    settings = {**dict(cfg), "lr": lr}  # this round's learning rate (--lr-schedule)
+    res = task.train(model, feats, labels, batches, settings, client_id)
     defense = Defense.from_meta(json.loads(str(_get(cfg, "defense", "{}"))))
     if defense.active:
         # Clipping, local noise, pruning, quantisation of what is sent (DP-SGD acted in
@@ -112,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
             global_weights,
             res.arrays,
             share,
-            float(_get(cfg, "lr")),
+            lr,
             defense,
             seed=(seed, server_round, client_id),
         )

@@ -98,6 +98,9 @@ def train_config(cfg: SimConfig, data: RunData) -> ConfigRecord:
             "model-kwargs": json.dumps(model_kwargs(cfg, data)),
             "share": cfg.share,
             "lr": cfg.lr,
+            "lr-schedule": cfg.lr_schedule,
+            "lr-min": cfg.lr_min,
+            "rounds": cfg.rounds,
             "momentum": cfg.momentum,
             "batch-size": cfg.batch_size,
             "local-epochs": cfg.local_epochs,
@@ -121,6 +124,8 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
         "strategy": cfg.strategy,
         "defense": defense_of(cfg).as_meta(),
     }
+    if cfg.lr_schedule != "constant":  # Capture.learning_rate() reads the round's rate
+        meta.update(lr_schedule=cfg.lr_schedule, lr_min=cfg.lr_min, rounds=cfg.rounds)
     meta.update(TASKS.get(cfg.task).training_meta(cfg))
     return meta
 

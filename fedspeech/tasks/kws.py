@@ -127,7 +127,8 @@ class KeywordSpotting(Task):
         LOCAL_TRAINERS.get(cfg.alignment)
         OPTIMIZERS.get(cfg.optimizer)
         if cfg.augment == "none":
-            stray = [f"--{k}" for k in ("alignment", "optimizer") if k in cfg.explicit]
+            keys = ("alignment", "optimizer", "weight_decay")
+            stray = [f"--{k.replace('_', '-')}" for k in keys if k in cfg.explicit]
             if stray:
                 raise ConfigError(
                     f"{' and '.join(stray)} need --augment with --task kws (without a second "
@@ -164,6 +165,7 @@ class KeywordSpotting(Task):
             "augment": cfg.augment,
             "alignment": cfg.alignment,
             "optimizer": cfg.optimizer,
+            "weight-decay": cfg.weight_decay,
         }
 
     def training_meta(self, cfg: SimConfig) -> dict[str, Any]:
@@ -171,7 +173,12 @@ class KeywordSpotting(Task):
         dual-path settings when there is a second path (plain runs' captures unchanged)."""
         meta: dict[str, Any] = {"clip_norm": cfg.clip_norm}
         if cfg.augment != "none":
-            meta.update(augment=cfg.augment, alignment=cfg.alignment, optimizer=cfg.optimizer)
+            meta.update(
+                augment=cfg.augment,
+                alignment=cfg.alignment,
+                optimizer=cfg.optimizer,
+                weight_decay=cfg.weight_decay,
+            )
         return meta
 
     def capture_frontend(self, cfg: SimConfig) -> str:
@@ -264,6 +271,7 @@ class KeywordSpotting(Task):
                 optimizer=str(settings["optimizer"]),
                 clip=defense.clip,
                 noise=defense.noise,
+                weight_decay=float(settings.get("weight-decay", 0.0)),
             )
             return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
         out = train_sdd(
@@ -275,6 +283,7 @@ class KeywordSpotting(Task):
             alignment=str(settings["alignment"]),
             lr=float(settings["lr"]),
             momentum=float(settings["momentum"]),
+            weight_decay=float(settings.get("weight-decay", 0.0)),
             optimizer=str(settings["optimizer"]),
             seed=seed,
         )

@@ -330,6 +330,7 @@ class SpeechDeepfakeDetection(Task):
             "augment": cfg.augment,
             "alignment": cfg.alignment,
             "optimizer": cfg.optimizer,
+            "weight-decay": cfg.weight_decay,
             "roga-rho": cfg.roga_rho,
             "roga-alpha": cfg.roga_alpha,
             "roga-domains": cfg.roga_domains,
@@ -342,6 +343,7 @@ class SpeechDeepfakeDetection(Task):
             "augment": cfg.augment,
             "alignment": cfg.alignment,
             "optimizer": cfg.optimizer,
+            "weight_decay": cfg.weight_decay,
             "roga_rho": cfg.roga_rho,
             "roga_alpha": cfg.roga_alpha,
             "roga_domains": cfg.roga_domains,
@@ -377,6 +379,7 @@ class SpeechDeepfakeDetection(Task):
             alignment=alignment,
             lr=float(settings["lr"]),
             optimizer=str(settings["optimizer"]),
+            weight_decay=float(settings.get("weight-decay", 0.0)),
             seed=(int(settings["seed"]), int(settings["server-round"]), client_id),
             roga_rho=float(settings["roga-rho"]),
             roga_alpha=float(settings["roga-alpha"]),
@@ -420,6 +423,7 @@ class SpeechDeepfakeDetection(Task):
             optimizer=str(settings["optimizer"]),
             clip=defense.clip,
             noise=defense.noise,
+            weight_decay=float(settings.get("weight-decay", 0.0)),
         )
         return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
 

@@ -211,6 +211,7 @@ def train_dp_dual_path(
     optimizer: str,
     clip: float,
     noise: float,
+    weight_decay: float = 0.0,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> LocalResult:
     """DP-SGD of dual-path training (Abadi et al. 2016; Truong et al. 2025), in place.
@@ -241,6 +242,8 @@ def train_dp_dual_path(
         ``adam`` or ``sgd`` (:data:`~fedspeech.training.dual_path.OPTIMIZERS`).
     clip, noise : float
         ``C`` and ``Z``.
+    weight_decay : float
+        The local optimizer's L2 weight decay (applied after the noise, to the weights).
 
     Returns
     -------
@@ -266,7 +269,7 @@ def train_dp_dual_path(
     params = trainable_parameters(model)
     expected = max((len(b) for b in batches), default=1)
     opt = DPOptimizer(
-        build_optimizer(optimizer, params, lr=lr),
+        build_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay),
         noise_multiplier=noise,
         max_grad_norm=clip,
         expected_batch_size=expected,

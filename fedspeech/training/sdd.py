@@ -104,6 +104,8 @@ class LocalSettings:
         ``adam`` (as in Truong et al.) or ``sgd``.
     momentum : float
         SGD's heavy-ball momentum (``sgd`` only).
+    weight_decay : float
+        The optimizer's L2 weight decay.
     roga_rho, roga_alpha : float, optional
         RoGA's ascent radius and alignment weight (``roga`` only).
     roga_domains : np.ndarray, optional
@@ -114,6 +116,7 @@ class LocalSettings:
     lr: float
     optimizer: str
     momentum: float = 0.0
+    weight_decay: float = 0.0
     roga_rho: float | None = None
     roga_alpha: float | None = None
     roga_domains: np.ndarray | None = None
@@ -169,6 +172,7 @@ def _dual_path_trainer(alignment: str) -> LocalTrainer:
             alignment=alignment,
             lr=settings.lr,
             momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
             optimizer=settings.optimizer,
         )
         return _sdd_result(res)
@@ -206,6 +210,7 @@ def _roga(
         dual_path=True,
         lr=settings.lr,
         optimizer=settings.optimizer,
+        weight_decay=settings.weight_decay,
         rho=settings.roga_rho,
         alpha=settings.roga_alpha,
     )
@@ -224,6 +229,7 @@ def train_sdd(
     optimizer: str,
     seed: int | Sequence[int] = 0,
     momentum: float = 0.0,
+    weight_decay: float = 0.0,
     roga_rho: float | None = None,
     roga_alpha: float | None = None,
     roga_domains: np.ndarray | None = None,
@@ -253,6 +259,8 @@ def train_sdd(
         Seeds the augmentation's randomness (e.g. ``(seed, round, client)``).
     momentum : float
         SGD's momentum (the dual-path trainers with ``optimizer="sgd"``).
+    weight_decay : float
+        The local optimizer's L2 weight decay.
     roga_rho, roga_alpha : float, optional
         RoGA's ascent radius and alignment weight (``alignment="roga"`` only).
     roga_domains : np.ndarray, optional
@@ -279,6 +287,7 @@ def train_sdd(
         lr=lr,
         optimizer=optimizer,
         momentum=momentum,
+        weight_decay=weight_decay,
         roga_rho=roga_rho,
         roga_alpha=roga_alpha,
         roga_domains=roga_domains,

@@ -556,3 +556,21 @@ def test_a_pruned_update_is_matched_on_its_kept_entries(model: torch.nn.Module) 
     fast = reconstruct([target], [y], opts)[0]
     assert float((plain.features - fast.features).abs().max()) < 0.05
     assert not torch.equal(fast.features, reconstruct([unmasked_target], [y], opts)[0].features)
+
+
+def test_an_update_under_a_cosine_schedule_is_scaled_by_its_rounds_rate(
+    model: torch.nn.Module,
+) -> None:
+    # Round 3 of 5 annealed from 0.1 to 0.02: the client stepped with 0.06.
+    x, y = speech_like(1, 0), torch.tensor([4])
+    grads = compute_gradient(model, x, y)
+    training = {"lr": 0.1, "lr_min": 0.02, "rounds": 5, "local_steps": 1, "batch_size": 1}
+    cap = make_capture(model, "update", **training)
+    cap.training["lr_schedule"] = "cosine"
+    assert cap.learning_rate() == pytest.approx(0.06)
+    cap.shared = {k: v.clone() for k, v in cap.global_weights.items()}
+    for name, g in grads.items():
+        cap.shared[name] = cap.global_weights[name] - 0.06 * g
+    target = target_from_capture(cap)
+    for name, g in grads.items():
+        torch.testing.assert_close(target.grads[name], g, rtol=1e-3, atol=1e-6)

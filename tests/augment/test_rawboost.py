@@ -140,7 +140,7 @@ def test_specaugment_masks_up_to_f_consecutive_bins() -> None:
 def test_unknown_or_bad_spec(spec: str) -> None:
     with pytest.raises(ConfigError, match="rawboost:N"):
         build_augmentation(spec)
-    assert AUGMENTATIONS.names() == ["noise", "none", "rawboost", "specaugment"]
+    assert AUGMENTATIONS.names() == ["freqmask", "noise", "none", "rawboost", "specaugment"]
 
 
 def test_white_noise_reaches_its_snr_on_every_clip() -> None:
@@ -151,3 +151,21 @@ def test_white_noise_reaches_its_snr_on_every_clip() -> None:
     y = aug.batch(x.float(), np.random.default_rng(0))
     snr = 10 * torch.log10(x.square().mean(1) / (y - x).square().mean(1))
     assert ((snr > 4.8) & (snr < 15.2)).all(), snr
+
+
+def test_frequency_masking_removes_one_band_of_at_most_w_hz() -> None:
+    aug = build_augmentation("freqmask:2000")
+    assert aug.domain == "wave" and aug.spec == "freqmask:2000"
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((8, 16000)).astype(np.float32))
+    y = aug.batch(x, np.random.default_rng(1))
+    for a, b in zip(x, y, strict=True):
+        fa, fb = np.abs(np.fft.rfft(a.numpy())), np.abs(np.fft.rfft(b.numpy()))
+        gone = np.flatnonzero(fb < 1e-3 * fa)  # 1 Hz bins
+        assert len(gone) <= 2001
+        if len(gone):
+            assert gone[-1] - gone[0] + 1 == len(gone)  # one contiguous band
+        kept = np.setdiff1d(np.arange(len(fa)), gone)
+        np.testing.assert_allclose(fb[kept], fa[kept], rtol=1e-3, atol=1e-3)
+    with pytest.raises(ConfigError):
+        build_augmentation("freqmask:9000")

@@ -225,6 +225,7 @@ def test_aasist_xs_keeps_its_pre_activation_blocks() -> None:
     # The published models' blocks leave ``pre`` unread; aasist-xs, never published, runs it
     # (the model its measured results came from): its BN running statistics move in training.
     torch.manual_seed(0)
+
     def pre_mean(net: torch.nn.Module) -> torch.Tensor:
         return net.state_dict()["encoder.1.pre.0.running_mean"].clone()
 

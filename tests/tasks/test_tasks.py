@@ -55,6 +55,7 @@ def test_model_kwargs_and_capture_meta_per_task(tmp_path: Path) -> None:
         "augment": "none",
         "alignment": "pcgrad",
         "optimizer": "sgd",
+        "weight-decay": 0.0,
     }
     assert TASKS.get("kws").training_meta(kws) == {"clip_norm": 5.0}
     assert TASKS.get("kws").capture_frontend(kws) == "mel"
