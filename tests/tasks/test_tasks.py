@@ -71,6 +71,7 @@ def test_model_kwargs_and_capture_meta_per_task(tmp_path: Path) -> None:
         "augment",
         "alignment",
         "optimizer",
+        "weight-decay",
         "roga-rho",
         "roga-alpha",
         "roga-domains",
