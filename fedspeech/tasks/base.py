@@ -9,6 +9,7 @@ branch on the task's name.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedspeech.augment import build_augmentation
 from fedspeech.config import SimConfig
 from fedspeech.data.partition import PARTITIONS
 from fedspeech.models import MODELS, build_model
@@ -26,6 +28,7 @@ from fedspeech.models.weights import check_weights_file, load_weights
 from fedspeech.registry import Registry
 from fedspeech.tasks.prepare import RunData
 from fedspeech.training.defense import Defense
+from fedspeech.training.sdd import augment_fn
 
 
 @dataclass
@@ -142,7 +145,7 @@ class Task(ABC):
 
 TASKS: Registry[Task] = Registry("task")
 
-__all__ = ["TASKS", "ClientResult", "Task", "defense_of"]
+__all__ = ["TASKS", "ClientResult", "Task", "defense_of", "private_dual_path"]
 
 
 def defense_of(cfg: SimConfig) -> Defense:
@@ -156,3 +159,40 @@ def defense_of(cfg: SimConfig) -> Defense:
         secagg=cfg.secagg,
         delta=cfg.dp_delta,
     )
+
+
+def private_dual_path(
+    net: nn.Module,
+    model: nn.Module,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    settings: Mapping[str, Any],
+    client_id: int,
+) -> ClientResult:
+    """DP-SGD of the dual-path step (:func:`~fedspeech.training.dp_sgd.train_dp_dual_path`).
+
+    ``net`` is what trains (``model`` itself, or a front-end followed by it); ``model``'s
+    weights are the reply. No conflict rate is sent: the privacy analysis does not cover it.
+    """
+    # Deferred: Opacus takes 1.5 s to import, which other runs need not pay.
+    from fedspeech.training.dp_sgd import train_dp_dual_path
+
+    defense = Defense.from_meta(json.loads(str(settings.get("defense", "{}"))))
+    assert defense.clip is not None  # SimConfig.validate
+    seed = (int(settings["seed"]), int(settings["server-round"]), client_id)
+    aug = build_augmentation(str(settings["augment"]))
+    res = train_dp_dual_path(
+        net,
+        inputs,
+        labels,
+        batches,
+        augment=augment_fn(aug, np.random.default_rng(seed)),
+        alignment=str(settings["alignment"]),
+        lr=float(settings["lr"]),
+        optimizer=str(settings["optimizer"]),
+        clip=defense.clip,
+        noise=defense.noise,
+        weight_decay=float(settings.get("weight-decay", 0.0)),
+    )
+    return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)

@@ -26,7 +26,7 @@ from fedspeech.errors import ConfigError, DataError
 from fedspeech.fileio import atomic_save_npy
 from fedspeech.frontends import FRONTENDS, build_frontend
 from fedspeech.models import MODELS
-from fedspeech.tasks.base import TASKS, ClientResult, Task
+from fedspeech.tasks.base import TASKS, ClientResult, Task, private_dual_path
 from fedspeech.tasks.prepare import (
     RunData,
     compute_features,
@@ -38,7 +38,7 @@ from fedspeech.tasks.prepare import (
 from fedspeech.training import gradient_and_loss, train_local
 from fedspeech.training.defense import Defense
 from fedspeech.training.dual_path import OPTIMIZERS
-from fedspeech.training.sdd import LOCAL_TRAINERS, ROGA, augment_fn, train_sdd
+from fedspeech.training.sdd import LOCAL_TRAINERS, ROGA, train_sdd
 
 
 def resolve_corpus(cfg: SimConfig) -> KeywordCorpus:
@@ -257,23 +257,7 @@ class KeywordSpotting(Task):
             net = nn.Sequential(build_frontend(str(settings["frontend"])), model)
         defense = Defense.from_meta(json.loads(str(settings.get("defense", "{}"))))
         if defense.dp == "sgd":
-            from fedspeech.training.dp_sgd import train_dp_dual_path
-
-            assert defense.clip is not None
-            res = train_dp_dual_path(
-                net,
-                inputs,
-                labels,
-                batches,
-                augment=augment_fn(aug, np.random.default_rng(seed)),
-                alignment=str(settings["alignment"]),
-                lr=float(settings["lr"]),
-                optimizer=str(settings["optimizer"]),
-                clip=defense.clip,
-                noise=defense.noise,
-                weight_decay=float(settings.get("weight-decay", 0.0)),
-            )
-            return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
+            return private_dual_path(net, model, inputs, labels, batches, settings, client_id)
         out = train_sdd(
             net,
             inputs,

@@ -50,7 +50,7 @@ from fedspeech.data.spoof import BUILTIN_SAMPLES, SpoofCorpus, build_spoof_corpu
 from fedspeech.data.spoof_loaders import SPOOF_DATASETS, load_spoof_dataset
 from fedspeech.errors import ConfigError, DataError
 from fedspeech.models import MODELS, build_model
-from fedspeech.tasks.base import TASKS, ClientResult, Task
+from fedspeech.tasks.base import TASKS, ClientResult, Task, private_dual_path
 from fedspeech.tasks.prepare import RunData, default_run_dir, open_domains
 from fedspeech.training.defense import Defense
 from fedspeech.training.domains import ROGA_DOMAINS
@@ -58,7 +58,6 @@ from fedspeech.training.dual_path import OPTIMIZERS
 from fedspeech.training.sdd import (
     LOCAL_TRAINERS,
     ROGA,
-    augment_fn,
     bona_fide_scores,
     sdd_scores,
     train_sdd,
@@ -364,9 +363,7 @@ class SpeechDeepfakeDetection(Task):
         alignment = str(settings["alignment"])
         defense = Defense.from_meta(json.loads(str(settings.get("defense", "{}"))))
         if defense.dp == "sgd":
-            return self._train_dp_sgd(
-                model, features, labels, batches, settings, client_id, defense
-            )
+            return private_dual_path(model, model, features, labels, batches, settings, client_id)
         domains = None
         if alignment == ROGA:  # the other trainers take no domains: no file to read
             domains = select_roga_domains(kind, str(settings["features-path"]))
@@ -391,41 +388,6 @@ class SpeechDeepfakeDetection(Task):
             loss=res.loss,
             metrics={"conflict-rate": res.conflict_rate},
         )
-
-    def _train_dp_sgd(
-        self,
-        model: nn.Module,
-        features: np.ndarray,
-        labels: np.ndarray,
-        batches: list[np.ndarray],
-        settings: Mapping[str, Any],
-        client_id: int,
-        defense: Defense,
-    ) -> ClientResult:
-        """DP-SGD of the dual-path step (:func:`~fedspeech.training.dp_sgd.train_dp_dual_path`).
-
-        No conflict rate is sent: the privacy analysis does not cover it.
-        """
-        # Deferred: Opacus takes 1.5 s to import, which other runs need not pay.
-        from fedspeech.training.dp_sgd import train_dp_dual_path
-
-        assert defense.clip is not None  # SimConfig.validate
-        seed = (int(settings["seed"]), int(settings["server-round"]), client_id)
-        aug = build_augmentation(str(settings["augment"]))
-        res = train_dp_dual_path(
-            model,
-            features,
-            labels,
-            batches,
-            augment=augment_fn(aug, np.random.default_rng(seed)),
-            alignment=str(settings["alignment"]),
-            lr=float(settings["lr"]),
-            optimizer=str(settings["optimizer"]),
-            clip=defense.clip,
-            noise=defense.noise,
-            weight_decay=float(settings.get("weight-decay", 0.0)),
-        )
-        return ClientResult(model.state_dict(), num_examples=res.num_examples, loss=res.loss)
 
     def evaluate(self, logits: torch.Tensor, labels: np.ndarray, data: RunData) -> dict[str, float]:
         """EER on seen (``eer``) and held-out attacks (``eer_unseen``) of the test clips."""

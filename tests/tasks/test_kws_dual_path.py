@@ -75,3 +75,17 @@ def test_a_second_path_that_changes_nothing_is_plain_sgd(augment: str, tmp_path:
 def test_bad_dual_path_settings_are_named(values: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         check_config(SimConfig.from_mapping(values))
+
+
+def test_dp_sgd_of_the_keyword_dual_path_sends_no_conflict_rate(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((4, 32, 32)).astype(np.float32)
+    y = np.array([0, 1, 2, 3])
+    torch.manual_seed(0)
+    model = build_model("kws-cnn", num_classes=10)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = _settings("specaugment:4", "pcgrad", tmp_path / "features.npy")
+    settings["defense"] = '{"dp": "sgd", "clip": 1.0, "noise": 1.0}'
+    res = KWS.train(model, feats, y, [np.arange(4)], settings, client_id=0)
+    assert res.metrics == {} and res.num_examples == 4
+    assert any(not torch.equal(res.arrays[k], start[k]) for k in start)
