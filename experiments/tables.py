@@ -9,6 +9,8 @@ the numbers are read from ``RUN/audit/leakage.csv`` (one row per reconstructed s
   one row per run (e.g. Mel and MFCC).
 * ``table3`` -- their Table 3: speaker re-identification (and, ours, content) rates.
 * ``sweep`` -- leakage per run and per audited round (batch size and training round).
+* ``alignment`` -- a ``fedspeech sweep experiments/kws_alignment.toml`` folder: accuracy,
+  conflict rate and round-1 leakage per alignment method over the seeds.
 * ``waveform`` -- the audit of raw-waveform (``--task sdd``) runs, beside a random guess:
   the stage-1 start (normal noise of the attack's start scale) scored against the same
   originals with the same metrics.
@@ -18,6 +20,7 @@ Usage::
     python experiments/tables.py table2 runs/leak-mel runs/leak-mfcc
     python experiments/tables.py sweep runs/leak-b1 runs/leak-b2 runs/leak-b4 runs/leak-b8
     python experiments/tables.py waveform runs/leakage-sdd/dropout runs/leakage-sdd/no-dropout
+    python experiments/tables.py alignment runs/kws_alignment
 """
 
 from __future__ import annotations
@@ -229,7 +232,79 @@ def waveform(runs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
+def _same_updates(a: Path, b: Path) -> tuple[int, int]:
+    """How many of two leakage runs' captures send the same tensors, bit for bit, of how many."""
+    import torch
+
+    from fedspeech.capture import load_capture
+
+    pairs = list(
+        zip(sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors")), strict=False)
+    )
+    same = 0
+    for x, y in pairs:
+        cx, cy = load_capture(x), load_capture(y)
+        same += all(torch.equal(cx.shared[k], cy.shared[k]) for k in cx.shared)
+    return same, len(pairs)
+
+
+def alignment(runs: Sequence[Path]) -> str:
+    """A ``fedspeech sweep experiments/kws_alignment.toml`` folder, one row per method.
+
+    Variants are named ``METHOD-sSEED``. Per method, over its seeds: final accuracy and the
+    mean conflict rate of the utility runs, and the round-1 leakage (label accuracy,
+    PESQ-NB, STOI: each seed's mean over its clips) of the leakage runs; and how many of
+    its leakage captures equal the ``none`` variant's of the same seed, bit for bit.
+    """
+    root = runs[0]
+    rows: dict[str, list[dict[str, object]]] = {}
+    for path in sorted(root.glob("*/row.json")):
+        name = path.parent.name
+        method, _, seed = name.rpartition("-s")
+        row = json.loads(path.read_text(encoding="utf-8"))
+        row["seed"] = seed
+        rows.setdefault(method, []).append(row)
+    if not rows:
+        print(f"tables: error: {root} holds no finished variant (*/row.json)", file=sys.stderr)
+        sys.exit(2)
+
+    def stat(group: list[dict[str, object]], key: str, fmt: str = ".3f") -> str:
+        v = [float(str(r[key])) for r in group if r.get(key) is not None]
+        if not v:
+            return "–"
+        m = sum(v) / len(v)
+        sd = math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
+        return f"{m:{fmt}} ± {sd:{fmt}}"
+
+    lines = [
+        "| method | seeds | accuracy | conflict rate | labels | PESQ-NB | STOI "
+        "| updates equal to none's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    order = ["plain", "none", "pcgrad", "gradvac", "cagrad", "upgrad"]
+    methods = sorted(rows, key=lambda m: (order.index(m) if m in order else len(order), m))
+    for method in methods:
+        group = rows[method]
+        same = total = 0
+        if method not in ("none", "plain"):
+            for r in group:
+                other = root / f"none-s{r['seed']}" / "leakage" / "captures"
+                if other.is_dir():
+                    s, t = _same_updates(
+                        root / f"{method}-s{r['seed']}" / "leakage" / "captures", other
+                    )
+                    same, total = same + s, total + t
+        equal = f"{same} of {total}" if total else "–"
+        lines.append(
+            f"| {method} | {len(group)} | {stat(group, 'accuracy')} | "
+            f"{stat(group, 'conflict_rate', '.4f')} | {stat(group, 'label_accuracy', '.2f')} | "
+            f"{stat(group, 'pesq_nb')} | {stat(group, 'stoi')} | {equal} |"
+        )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Sequence[Path]], str]] = {
+    "alignment": alignment,
     "table2": table2,
     "table3": table3,
     "sweep": sweep,

@@ -120,3 +120,17 @@ def test_waveform_table_has_a_random_guess_beside_the_attack(tmp_path: Path) -> 
     # Noise of standard deviation 0.1 against tones of power 0.045: F-MSE about 0.055.
     guess = float(line[9].split("±")[0])
     assert 0.045 < guess < 0.065
+
+
+def test_alignment_table_is_one_row_per_method_over_its_seeds(tmp_path: Path) -> None:
+    tables = load_tables()
+    for method, seed, acc in (("plain", 0, 0.8), ("pcgrad", 0, 0.9), ("pcgrad", 1, 0.7)):
+        folder = tmp_path / f"{method}-s{seed}"
+        folder.mkdir()
+        row = {"accuracy": acc, "conflict_rate": 0.01, "label_accuracy": 1.0}
+        row |= {"pesq_nb": 1.5, "stoi": 0.5}
+        (folder / "row.json").write_text(json.dumps(row))
+    lines = tables.alignment([tmp_path]).splitlines()
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["plain", "pcgrad"]
+    cells = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert cells[1:4] == ["2", "0.800 ± 0.100", "0.0100 ± 0.0000"]
