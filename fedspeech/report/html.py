@@ -111,6 +111,10 @@ class Sample:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+#: Where the report looks for ``fedspeech evaluate`` results of the run's model.
+EVALUATION_DIR = "evaluation"
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         return None
@@ -339,8 +343,11 @@ def _missing(
         notes.append("the audit reconstructed no sample")
     if not (run_dir / "run.json").is_file():
         notes.append("no run.json: the versions and command line were not recorded")
-    if cfg.get("task") == "sdd":
-        notes.append("no DET curve: `fedspeech evaluate` results are not part of this run folder")
+    if cfg.get("task") == "sdd" and not (run_dir / EVALUATION_DIR / "det.png").is_file():
+        notes.append(
+            f"no DET curve: `fedspeech evaluate --init-weights {run_dir} --out "
+            f"{run_dir / EVALUATION_DIR}` scores the final model and draws it"
+        )
     return notes
 
 
@@ -404,10 +411,14 @@ def _write(
     link = _Links(out, embed)
     sdd = cfg.get("task") == "sdd"
     per_round = _leakage_rounds(rows)
+    # ``fedspeech evaluate --init-weights RUN --out RUN/evaluation``: the final model scored.
+    evaluation = _read_json(run / EVALUATION_DIR / "evaluation.json")
     charts = {
         "utility": link(_utility_chart(out, metrics or {}, sdd)),
         "leakage": link(_leakage_chart(out, per_round)),
         "summary": link(run / "audit" / "summary.png"),
+        "det": link(run / EVALUATION_DIR / "det.png"),
+        "confusion": link(run / EVALUATION_DIR / "confusion.png"),
     }
     guess: Mapping[str, Any] = {}
     if summary and summary.get("scored"):
@@ -439,6 +450,7 @@ def _write(
         charts=charts,
         per_round=per_round,
         summary_rows=_summary_table(summary or {}, guess, classes) if summary else [],
+        evaluation=evaluation if isinstance(evaluation, dict) else None,
         guess_n=guess.get("n", 0),
         samples=samples,
         card_scores=CARD_SCORES,

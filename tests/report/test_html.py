@@ -105,6 +105,17 @@ def test_an_sdd_run_charts_its_eer(tmp_path: Path) -> None:
     assert "EER unseen" in page and "0.225" in page  # round 2's unseen EER
     assert "EER of the global model" in page  # the chart's alt text
     assert "no DET curve" in page
+    # With fedspeech evaluate's results in RUN/evaluation: the EER and the DET curve.
+    (run / "evaluation").mkdir()
+    result = {"task": "sdd", "dataset": "builtin", "split": "test", "eer": 0.125}
+    result |= {"n_bonafide": 8, "n_spoof": 24}
+    (run / "evaluation" / "evaluation.json").write_text(json.dumps(result))
+    import matplotlib.pyplot as plt
+
+    plt.imsave(run / "evaluation" / "det.png", np.zeros((8, 8)))
+    page = write_report(run).read_text()
+    assert "no DET curve" not in page and "EER 12.50 % on 8 bona fide and 24 spoofed" in page
+    assert 'src="../evaluation/det.png"' in page and "Detection error trade-off" in page
 
 
 def test_audited_samples_become_sortable_cards_with_their_files(tmp_path: Path) -> None:
