@@ -53,6 +53,7 @@ __all__ = [
     "load_strict",
     "load_weights",
     "read_model_file",
+    "read_model_meta",
     "read_pth",
     "resolve_weights_path",
     "save_model_file",
@@ -133,7 +134,7 @@ def check_weights_file(path: str | Path, name: str) -> Path:
         _check_reference(p, name)
         read_pth(p)
         return p
-    saved = _header_meta(p).get("model")
+    saved = read_model_meta(p).get("model")
     if saved is not None and saved != name:
         raise ConfigError(f"{p} holds a {saved!r} model, not {name!r} (--model)")
     return p
@@ -178,8 +179,14 @@ def _check_reference(p: Path, name: str) -> None:
         )
 
 
-def _header_meta(p: Path) -> dict[str, str]:
-    """A safetensors file's metadata, from its header alone."""
+def read_model_meta(p: Path) -> dict[str, str]:
+    """A model file's metadata, from its header alone (no tensor is read).
+
+    Raises
+    ------
+    DataError
+        The file cannot be read or its header is not safetensors'.
+    """
     try:
         with open(p, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")

@@ -41,7 +41,7 @@ from fedspeech.errors import ConfigError, DataError
 from fedspeech.fileio import atomic_save_figure, atomic_write_json, atomic_write_text
 from fedspeech.metrics import det_curve, eer, min_tdcf
 from fedspeech.models import build_model
-from fedspeech.models.weights import load_weights, read_model_file, resolve_weights_path
+from fedspeech.models.weights import load_weights, read_model_meta, resolve_weights_path
 from fedspeech.tasks import check_config
 from fedspeech.tasks.kws import resolve_corpus
 from fedspeech.tasks.prepare import compute_features, peak_normalize
@@ -105,7 +105,7 @@ def settings_from_weights(given: Mapping[str, Any]) -> dict[str, Any]:
     p = resolve_weights_path(path)
     if p.suffix == ".pth":
         return out
-    _, meta = read_model_file(p)
+    meta = read_model_meta(p)  # the header only: load_weights reads the tensors once, later
     try:
         saved = json.loads(meta.get("settings", "{}"))
     except ValueError:
