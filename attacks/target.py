@@ -14,6 +14,17 @@ attacked as it is, as an informed server would: the noise cannot be removed, a q
 update is matched as the dequantised values it holds, and a pruned update is matched on
 its kept entries only (:attr:`AttackTarget.mask`): its zeros say nothing about the
 gradient there.
+
+A dual-path keyword update (DPDA: Truong et al., 2025; ``training["augment"]``) is not a
+clean gradient: each local step moved by the aligned direction of the clean gradient and
+the gradient of the SpecAugment-masked features. Every aligner of two gradients that do not
+conflict (``none``, PCGrad, GradVac, UPGrad; 99.5 % of the keyword CNN's steps in
+``docs/results/kws_alignment.md``) returns their mean, so by default
+(``dual_path="expected"``) stage 1 matches the mean of the candidate's clean gradient and
+its gradient at the *expected* masked features (:attr:`AttackTarget.second_path`, the
+probability that the client's random masks kept each frequency bin,
+:func:`specaugment_keep`): the masks the client drew are unknown to the server.
+``dual_path="clean"`` matches the update as the clean gradient instead.
 """
 
 from __future__ import annotations
@@ -30,12 +41,18 @@ from fedspeech.capture import WAVEFORM, Capture, CaptureFormatError, capture_nam
 from fedspeech.models import build_model
 
 __all__ = [
+    "DUAL_PATH_MODELS",
     "WAVEFORM",
     "AttackTarget",
     "attack_mode",
     "effective_steps",
+    "specaugment_keep",
     "target_from_capture",
 ]
+
+#: How stage 1 models a dual-path update: the mean of the clean gradient and the gradient at
+#: the expected augmented input ("expected"), or the clean gradient alone ("clean").
+DUAL_PATH_MODELS = ("expected", "clean")
 
 # Standard deviation of a waveform restart's start. Clips are peak-normalised to 1 and speech
 # sits near 0.1 RMS, so a unit-variance start (right for log-Mel features) would be ten times
@@ -77,6 +94,10 @@ class AttackTarget:
     mask : dict[str, torch.Tensor] or None
         For a pruned update, per parameter, 1.0 where the client kept the entry and 0.0
         where it zeroed it: stage 1 matches the kept entries only. None: all entries.
+    second_path : torch.Tensor or None
+        For a dual-path update modelled by stage 1, ``(F, 1)``: the augmented path's input
+        is ``second_path * u`` (the expected SpecAugment mask), and the matched gradient is
+        the mean of the two paths' gradients. None: one path, the clean gradient.
     """
 
     model: nn.Module
@@ -91,6 +112,7 @@ class AttackTarget:
     capture_id: str = ""
     caveat: str = ""
     mask: dict[str, torch.Tensor] | None = None
+    second_path: torch.Tensor | None = None
 
     @property
     def waveform(self) -> bool:
@@ -217,7 +239,58 @@ def _update_to_gradient(
     return grads, samples, steps
 
 
-def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
+def specaugment_keep(spec: str, bins: int) -> torch.Tensor | None:
+    """Probability that SpecAugment frequency masking ``spec`` keeps each of ``bins`` bins.
+
+    Each of the ``M`` masks of ``specaugment:F[:M]`` (:mod:`fedspeech.augment.specaugment`)
+    draws a width ``w ~ U{0..min(F, bins)}`` and a start ``s ~ U{0..bins - w}`` and zeroes
+    bins ``[s, s + w)``; masks are independent, so a bin is kept with probability
+    ``(1 - P(one mask covers it))^M``.
+
+    Parameters
+    ----------
+    spec : str
+        An augmentation spec as the capture records it.
+    bins : int
+        Frequency bins ``F`` of the features.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``(bins, 1)`` float32 keep probabilities; None when ``spec`` is not SpecAugment.
+
+    Raises
+    ------
+    CaptureFormatError
+        A SpecAugment spec whose numbers cannot be read.
+
+    Examples
+    --------
+    >>> specaugment_keep("specaugment:1", 2).flatten().tolist()
+    [0.75, 0.75]
+    >>> specaugment_keep("rawboost:4", 2) is None
+    True
+    """
+    name, _, rest = spec.partition(":")
+    if name != "specaugment":
+        return None
+    try:
+        parts = [int(v) for v in rest.split(":")] if rest else []
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 2 or parts[0] < 0 or (len(parts) == 2 and parts[1] < 1):
+        raise CaptureFormatError(f"unreadable SpecAugment spec {spec!r} in a capture")
+    max_width, masks = parts[0], parts[1] if len(parts) == 2 else 1
+    widths = range(min(max_width, bins) + 1)
+    covered = torch.zeros(bins, dtype=torch.float64)
+    for w in widths:
+        starts = bins - w + 1
+        for s in range(starts):
+            covered[s : s + w] += 1.0 / (len(widths) * starts)
+    return ((1.0 - covered) ** masks).float().reshape(bins, 1)
+
+
+def target_from_capture(cap: Capture, name: str = "", dual_path: str = "expected") -> AttackTarget:
     """Build the attack target of one capture.
 
     Parameters
@@ -226,6 +299,10 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         A loaded capture (:func:`fedspeech.capture.load_capture`).
     name : str
         Capture name for messages and reports; defaults to ``r<round>_c<client>``.
+    dual_path : {"expected", "clean"}
+        How a dual-path keyword update with SpecAugment is modelled (module docstring):
+        the mean of the clean gradient and the gradient at the expected masked features,
+        or the clean gradient.
 
     Returns
     -------
@@ -246,6 +323,9 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         training settings for an update.
     """
     cid = name or capture_name(cap.server_round, cap.client_id)
+    if dual_path not in DUAL_PATH_MODELS:
+        known = ", ".join(DUAL_PATH_MODELS)
+        raise ValueError(f"dual_path must be one of {known}, got {dual_path!r}")
     if cap.kind not in ("gradient", "update"):
         raise CaptureFormatError(f"capture {cid} has unknown kind {cap.kind!r}")
     try:
@@ -262,12 +342,14 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in cap.global_weights.items()})
     names = list(named)
     caveat = ""
+    second_path: torch.Tensor | None = None
     if cap.kind == "gradient":
         grads = {n: cap.shared[n].detach().float().clone() for n in names}
         batch_size = cap.num_examples
     else:
         grads, batch_size, steps = _update_to_gradient(cap, cid, names)
-        caveat = _update_caveat(cap, steps)
+        second_path, path_note = _dual_path(cap, dual_path)
+        caveat = "; ".join(n for n in (path_note, _step_caveat(cap, steps)) if n)
     if batch_size <= 0:
         raise CaptureFormatError(f"capture {cid} reports {cap.num_examples} examples")
     if cap.frontend == WAVEFORM:
@@ -300,6 +382,7 @@ def target_from_capture(cap: Capture, name: str = "") -> AttackTarget:
         capture_id=cid,
         caveat=caveat,
         mask=mask,
+        second_path=second_path,
     )
 
 
@@ -313,22 +396,32 @@ def _pruning_mask(cap: Capture, names: list[str]) -> dict[str, torch.Tensor] | N
     return {n: (cap.shared[n] != cap.global_weights[n]).float() for n in names}
 
 
-def _update_caveat(cap: Capture, steps: int) -> str:
-    """Why the gradient estimated from an update is not exact ("" when it is)."""
-    notes = [n for n in (_dual_path_caveat(cap), _step_caveat(cap, steps)) if n]
-    return "; ".join(notes)
-
-
-def _dual_path_caveat(cap: Capture) -> str:
-    """A dual-path keyword update: not the clean gradient the attack matches."""
+def _dual_path(cap: Capture, model: str) -> tuple[torch.Tensor | None, str]:
+    """The expected second path of a dual-path keyword update, and what stays approximate."""
     augment = str(cap.training.get("augment", "none") or "none")
     if cap.training.get("task") == "sdd" or augment == "none":
-        return ""
-    return (
-        f"a dual-path update ({augment}, aligned by {cap.training.get('alignment')}): the "
-        "shared direction combines the clean and the augmented gradient, and stage 1 "
-        "matches it as the clean gradient"
+        return None, ""
+    alignment = str(cap.training.get("alignment", "none") or "none")
+    what = f"a dual-path update ({augment}, aligned by {alignment})"
+    shape = cap.model_kwargs.get("input_shape")
+    keep = None
+    if model == "expected" and cap.frontend != WAVEFORM and shape:
+        keep = specaugment_keep(augment, int(shape[0]))
+    if keep is None:
+        why = "" if model == "clean" else " (a waveform augmentation the features cannot undergo)"
+        return None, (
+            f"{what}: the shared direction combines the clean and the augmented gradient, "
+            f"and stage 1 matches it as the clean gradient{why}"
+        )
+    note = (
+        f"{what}: stage 1 matches the mean of the clean gradient and the gradient at the "
+        "expected masked features (the client's masks are unknown)"
     )
+    if alignment == "cagrad":
+        note += "; CAGrad's direction is not that mean"
+    elif alignment != "none":
+        note += f"; {alignment} returns that mean only where the two gradients do not conflict"
+    return keep, note
 
 
 def _step_caveat(cap: Capture, steps: int) -> str:

@@ -70,6 +70,7 @@ _LAYER_MAX = 4
 _RANK_TOL = 1e-6
 _U, _V = "#U", "#V"  # keys of a factored reference gradient's factors
 _MASK = "#M"  # key suffix of a pruned reference's mask
+_KEEP = "#K"  # key of a dual-path target's expected second-path input multiplier
 
 
 @dataclass(eq=False)
@@ -115,6 +116,7 @@ def _group_key(target: AttackTarget) -> tuple[Any, ...]:
         target.input_shape,
         target.frontend,
         target.mask is not None,
+        target.second_path is not None,
     )
 
 
@@ -368,6 +370,14 @@ class _Group:
             for r, t in zip(self.refs, targets, strict=True):
                 assert t.mask is not None
                 r.update({n + _MASK: t.mask[n].to(self.device) for n in names})
+        # A dual-path target runs two forward passes per step (clean and expected masked
+        # input), so a layer has two inputs: neither the factored layers nor _LayerStep apply.
+        dual = targets[0].second_path is not None
+        if dual:
+            factored = layerwise = False
+            for r, t in zip(self.refs, targets, strict=True):
+                assert t.second_path is not None
+                r[_KEEP] = t.second_path.to(self.device)
         lin = _linear_weights(model, names) if factored else {}
         tap = _Tap(model, lin)
         direct = [n for n in names if n not in lin]
@@ -402,7 +412,11 @@ class _Group:
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 tap.probes, tap.inputs = probes, {}
                 out = functional_call(model, {**p, **fixed, **buffers}, (u,))
-                return F.cross_entropy(out, y), dict(tap.inputs)
+                ce = F.cross_entropy(out, y)
+                if dual:
+                    aug = functional_call(model, {**p, **fixed, **buffers}, (u * ref[_KEEP],))
+                    ce = 0.5 * (ce + F.cross_entropy(aug, y))
+                return ce, dict(tap.inputs)
 
             probes = {w: u.new_zeros(probe_shapes[w]) for w in lin}
             (g, deltas), inputs = grad(loss, argnums=(0, 1), has_aux=True)(

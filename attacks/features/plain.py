@@ -69,8 +69,14 @@ def reconstruct_plain(
     shape = (target.batch_size, *target.input_shape)
     tv_dims = len(target.input_shape)
 
+    # A dual-path update: the mean of the clean and the (expected) augmented path's gradients.
+    keep = target.second_path.to(device) if target.second_path is not None else None
+
     def matching(u: torch.Tensor, create_graph: bool) -> torch.Tensor:
         loss = F.cross_entropy(model(u), y)
+        if keep is not None:
+            # Two forward passes, as the client ran them: each path has its own batch.
+            loss = 0.5 * (loss + F.cross_entropy(model(u * keep), y))
         grads = torch.autograd.grad(loss, plist, create_graph=create_graph)
         if mask is not None:
             grads = tuple(g * m for g, m in zip(grads, mask, strict=True))

@@ -114,9 +114,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_target(job: Job) -> AttackTarget:
-    """The attack target of a job's capture."""
-    return target_from_capture(load_capture(job.path), job.name)
+def load_target(job: Job, dual_path: str = "expected") -> AttackTarget:
+    """The attack target of a job's capture (``dual_path``: see :class:`AuditSettings`)."""
+    return target_from_capture(load_capture(job.path), job.name, dual_path)
 
 
 def select_jobs(
@@ -144,7 +144,7 @@ def select_jobs(
             selection.done[name] = done
             job.batch_size = len(done["rows"])
         else:
-            target = load_target(job)
+            target = load_target(job, settings.dual_path)
             job.batch_size = target.batch_size
             job.frontend, job.frontend_kwargs = target.frontend, dict(target.frontend_kwargs)
             if target.caveat and target.caveat not in selection.caveats:

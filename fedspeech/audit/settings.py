@@ -32,6 +32,7 @@ from typing import Any
 from attacks.features import Stage1Settings, setting_name
 from attacks.labels import LABEL_METHODS
 from attacks.scoring import SPEAKER_MODELS
+from attacks.target import DUAL_PATH_MODELS
 from attacks.waveform import DEFAULT_N_ITER
 from fedspeech.errors import ConfigError
 
@@ -71,6 +72,9 @@ class AuditSettings:
         restart, restarts, Adam step size, a larger first step size decreased at plateaus
         down to ``lr`` (None: the study's constant step), restarts for a capture none of
         whose restarts converged, total-variation weight and reduction, gradient distance.
+    dual_path : str
+        How a dual-path keyword update is matched (:data:`attacks.target.DUAL_PATH_MODELS`):
+        ``"expected"`` (the mean of the clean and the expected-mask gradient) or ``"clean"``.
     griffin_lim_iters : int
         Stage 2 Griffin-Lim iterations.
     label_method : str
@@ -120,6 +124,15 @@ class AuditSettings:
     tv_weight: float = _stage1_field("tv_weight")
     tv_reduction: str = _stage1_field("tv_reduction")
     distance: str = _stage1_field("distance")
+    dual_path: str = field(
+        default="expected",
+        metadata={
+            "help": "model of a dual-path (SpecAugment) update: the mean of the clean "
+            "gradient and the gradient at the expected masked features, or the clean gradient",
+            "choices": DUAL_PATH_MODELS,
+            "group": "stage1",
+        },
+    )
     griffin_lim_iters: int = field(
         default=DEFAULT_N_ITER,
         metadata={"help": "stage-2 Griffin-Lim iterations", "group": "scoring"},
@@ -218,6 +231,11 @@ class AuditSettings:
         # Flower numbers rounds from 1 and clients from 0 (captures rNNN_cNNNN).
         self._each_at_least("rounds", 1)
         self._each_at_least("clients", 0)
+        if self.dual_path not in DUAL_PATH_MODELS:
+            known = ", ".join(DUAL_PATH_MODELS)
+            raise ConfigError(
+                f"{setting_name(self, 'dual_path')} must be one of {known}, got {self.dual_path!r}"
+            )
         if self.label_method != "auto":
             LABEL_METHODS.get(self.label_method)
         if self.speaker:
@@ -248,6 +266,8 @@ class AuditSettings:
             key["lr_start"] = self.lr_start
         if self.extra_restarts:
             key["extra_restarts"] = self.extra_restarts
+        # Dual-path updates were matched as clean gradients before the option existed.
+        key["dual_path"] = self.dual_path
         # Caches from before the option existed summed the total variation.
         if self.tv_reduction != "sum":
             key["tv_reduction"] = self.tv_reduction
