@@ -13,8 +13,10 @@ from torch.nn import functional as F
 from attacks.features import DISTANCES, Stage1Settings, reconstruct, reconstruct_plain
 from attacks.labels import recover_labels
 from attacks.target import AttackTarget, specaugment_keep, target_from_capture
+from fedspeech.audit.settings import AuditSettings
 from fedspeech.augment.specaugment import FrequencyMask
 from fedspeech.capture import Capture, CaptureFormatError
+from fedspeech.errors import ConfigError
 from fedspeech.models import build_model
 from fedspeech.training.local import compute_gradient
 
@@ -152,3 +154,10 @@ def test_the_two_path_model_fits_a_dual_path_update_where_the_clean_one_does_not
     err_two = float((two.features - x).square().mean())
     err_one = float((one.features - x).square().mean())
     assert err_two < 0.2 * err_one, (err_two, err_one)
+
+
+def test_the_audit_setting_is_checked_and_keys_its_cache() -> None:
+    with pytest.raises(ConfigError, match="--dual-path must be one of expected, clean"):
+        AuditSettings(dual_path="mean")
+    keys = {m: AuditSettings(dual_path=m).stage1_key()["dual_path"] for m in ("expected", "clean")}
+    assert keys == {"expected": "expected", "clean": "clean"}
