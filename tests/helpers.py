@@ -191,3 +191,16 @@ def capture_strategy(run_dir: Path, truth_writer: Any, **kwargs: Any) -> Any:
     strat = HonestButCuriousStrategy(FedAvg(), **settings)
     strat._global = ArrayRecord({"w": torch.zeros(4)})
     return strat
+
+
+def speech_like(batch: int, seed: int, shape: tuple[int, int]) -> Any:
+    """Smooth positive ``(B, F, T)`` patterns in (0, 1), like a Mel spectrogram's broad shapes.
+
+    A ``torch.Tensor``; torch is imported here so that tests without it do not load it.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, 1, 4, 4, generator=gen)
+    return torch.sigmoid(2 * F.interpolate(z, size=shape, mode="bicubic", align_corners=True)[:, 0])

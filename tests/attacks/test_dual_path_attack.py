@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,24 +19,14 @@ from fedspeech.capture import Capture, CaptureFormatError
 from fedspeech.errors import ConfigError
 from fedspeech.models import build_model
 from fedspeech.training.local import compute_gradient
+from tests import helpers
 
 SHAPE = (8, 8)
 KWARGS = {"num_classes": 10, "input_shape": list(SHAPE)}
 
 
-def speech_like(batch: int, seed: int) -> torch.Tensor:
-    """Smooth positive ``(B, F, T)`` patterns in (0, 1), like broad spectral shapes."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, 1, 4, 4, generator=gen)
-    return torch.sigmoid(2 * F.interpolate(z, size=SHAPE, mode="bicubic", align_corners=True)[:, 0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+speech_like = partial(helpers.speech_like, shape=SHAPE)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

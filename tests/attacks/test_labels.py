@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from attacks.labels import LABEL_METHODS, count_labels, last_linear, recover_labels
 from attacks.target import AttackTarget
 from fedspeech.errors import ConfigError, FedspeechError
 from fedspeech.models import build_model
 from fedspeech.training.local import compute_gradient
+from tests import helpers
 
 SHAPE = (16, 16)
 
 
-def speech_like(batch: int, seed: int, shape: tuple[int, int] = SHAPE) -> torch.Tensor:
-    """Smooth positive ``(B, F, T)`` patterns, like a Mel spectrogram's broad shapes."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, 1, 4, 4, generator=gen)
-    return torch.sigmoid(2 * F.interpolate(z, size=shape, mode="bicubic", align_corners=True)[:, 0])
+speech_like = partial(helpers.speech_like, shape=SHAPE)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackTarget:
@@ -33,15 +30,6 @@ def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Att
         batch_size=int(y.numel()),
         input_shape=(x.shape[-2], x.shape[-1]),
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Ops this small are all overhead: a second thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from fedspeech.capture import Capture, CaptureFormatError, load_capture, save_ca
 from fedspeech.errors import ConfigError
 from fedspeech.models import build_model
 from fedspeech.training.local import compute_gradient, local_batches, train_local
+from tests import helpers
 from tests.helpers import FSDD, needs_fsdd
 
 # Small inputs keep each optimisation step cheap; the architecture is the study's.
@@ -33,11 +34,8 @@ SHAPE = (8, 8)
 KWARGS = {"num_classes": 10, "input_shape": list(SHAPE)}
 
 
-def speech_like(batch: int, seed: int) -> torch.Tensor:
-    """Smooth positive ``(B, F, T)`` patterns in (0, 1), like broad spectral shapes."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, 1, 4, 4, generator=gen)
-    return torch.sigmoid(2 * F.interpolate(z, size=SHAPE, mode="bicubic", align_corners=True)[:, 0])
+speech_like = partial(helpers.speech_like, shape=SHAPE)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def fsdd_features() -> torch.Tensor:
@@ -64,15 +62,6 @@ def make_target(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Att
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b) ** 2).mean())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Steps this small are all overhead: a second thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
