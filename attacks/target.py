@@ -37,11 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.local_training import OPTIMIZERS, UPDATE_MODELS, LocalTraining, sequential_batches
 from fedspeech.capture import WAVEFORM, Capture, CaptureFormatError, capture_name
 from fedspeech.models import build_model
 
 __all__ = [
     "DUAL_PATH_MODELS",
+    "UPDATE_MODELS",
     "WAVEFORM",
     "AttackTarget",
     "attack_mode",
@@ -98,6 +100,11 @@ class AttackTarget:
         For a dual-path update modelled by stage 1, ``(F, 1)``: the augmented path's input
         is ``second_path * u`` (the expected SpecAugment mask), and the matched gradient is
         the mean of the two paths' gradients. None: one path, the clean gradient.
+    local_training : LocalTraining or None
+        For an update of several local steps (or of Adam) modelled as unrolled, the
+        client's local training, which stage 1 replays on its candidate clips
+        (:func:`attacks.local_training.replay_update`) instead of taking one gradient.
+        ``batch_size`` is then the client's clip count ``N``. None: one gradient.
     """
 
     model: nn.Module
@@ -113,6 +120,7 @@ class AttackTarget:
     caveat: str = ""
     mask: dict[str, torch.Tensor] | None = None
     second_path: torch.Tensor | None = None
+    local_training: LocalTraining | None = None
 
     @property
     def waveform(self) -> bool:
@@ -212,8 +220,8 @@ def _training_value(cap: Capture, cid: str, key: str, default: float | None = No
 
 def _update_to_gradient(
     cap: Capture, cid: str, names: list[str]
-) -> tuple[dict[str, torch.Tensor], int, int]:
-    """Mean-gradient estimate, samples behind it and local steps, from a FedAvg update."""
+) -> tuple[dict[str, torch.Tensor], int, int, float]:
+    """Mean-gradient estimate, samples behind it, local steps and the scale, from an update."""
     _training_value(cap, cid, "lr")  # present, a number
     lr = cap.learning_rate()  # this round's, under --lr-schedule
     momentum = _training_value(cap, cid, "momentum", 0.0)
@@ -236,7 +244,7 @@ def _update_to_gradient(
         steps = math.ceil(samples / batch) * epochs
     scale = lr * effective_steps(steps, momentum)
     grads = {n: (cap.global_weights[n].float() - cap.shared[n].float()) / scale for n in names}
-    return grads, samples, steps
+    return grads, samples, steps, scale
 
 
 def specaugment_keep(spec: str, bins: int) -> torch.Tensor | None:
@@ -290,7 +298,9 @@ def specaugment_keep(spec: str, bins: int) -> torch.Tensor | None:
     return ((1.0 - covered) ** masks).float().reshape(bins, 1)
 
 
-def target_from_capture(cap: Capture, name: str = "", dual_path: str = "expected") -> AttackTarget:
+def target_from_capture(
+    cap: Capture, name: str = "", dual_path: str = "expected", update_model: str = "unrolled"
+) -> AttackTarget:
     """Build the attack target of one capture.
 
     Parameters
@@ -303,6 +313,12 @@ def target_from_capture(cap: Capture, name: str = "", dual_path: str = "expected
         How a dual-path keyword update with SpecAugment is modelled (module docstring):
         the mean of the clean gradient and the gradient at the expected masked features,
         or the clean gradient.
+    update_model : {"unrolled", "averaged"}
+        How an update of several local steps (or of Adam) is modelled: its local training
+        replayed on the candidate clips (:attr:`AttackTarget.local_training`, Dimitrov et
+        al. 2022), or one averaged gradient (Geiping et al. 2020). A one-step SGD update is
+        one gradient either way; the detectors' trainer and DP-SGD are not replayed (always
+        averaged, with a note).
 
     Returns
     -------
@@ -326,6 +342,9 @@ def target_from_capture(cap: Capture, name: str = "", dual_path: str = "expected
     if dual_path not in DUAL_PATH_MODELS:
         known = ", ".join(DUAL_PATH_MODELS)
         raise ValueError(f"dual_path must be one of {known}, got {dual_path!r}")
+    if update_model not in UPDATE_MODELS:
+        known = ", ".join(UPDATE_MODELS)
+        raise ValueError(f"update_model must be one of {known}, got {update_model!r}")
     if cap.kind not in ("gradient", "update"):
         raise CaptureFormatError(f"capture {cid} has unknown kind {cap.kind!r}")
     try:
@@ -343,13 +362,19 @@ def target_from_capture(cap: Capture, name: str = "", dual_path: str = "expected
     names = list(named)
     caveat = ""
     second_path: torch.Tensor | None = None
+    plan: LocalTraining | None = None
     if cap.kind == "gradient":
         grads = {n: cap.shared[n].detach().float().clone() for n in names}
         batch_size = cap.num_examples
     else:
-        grads, batch_size, steps = _update_to_gradient(cap, cid, names)
+        grads, batch_size, steps, scale = _update_to_gradient(cap, cid, names)
         second_path, path_note = _dual_path(cap, dual_path)
-        caveat = "; ".join(n for n in (path_note, _step_caveat(cap, steps)) if n)
+        step_note = _step_caveat(cap, steps)
+        if update_model == "unrolled" and step_note:
+            plan, step_note = _local_training(cap, cid, steps, batch_size, scale, step_note)
+            if plan is not None:
+                batch_size = plan.clips
+        caveat = "; ".join(n for n in (path_note, step_note) if n)
     if batch_size <= 0:
         raise CaptureFormatError(f"capture {cid} reports {cap.num_examples} examples")
     if cap.frontend == WAVEFORM:
@@ -383,6 +408,7 @@ def target_from_capture(cap: Capture, name: str = "", dual_path: str = "expected
         caveat=caveat,
         mask=mask,
         second_path=second_path,
+        local_training=plan,
     )
 
 
@@ -422,6 +448,89 @@ def _dual_path(cap: Capture, model: str) -> tuple[torch.Tensor | None, str]:
     elif alignment != "none":
         note += f"; {alignment} returns that mean only where the two gradients do not conflict"
     return keep, note
+
+
+def _local_training(
+    cap: Capture, cid: str, steps: int, samples: int, scale: float, averaged_note: str
+) -> tuple[LocalTraining | None, str]:
+    """The client's local training to replay, and what stays approximate; ``(None, why)``
+    (with the averaged model's note) when this trainer cannot be replayed."""
+    training = cap.training
+    defense = training.get("defense") or {}
+    why = ""
+    optimizer = str(training.get("optimizer", "sgd") or "sgd")
+    if training.get("task") == "sdd":
+        why = "the detectors' local trainer (RoGA, waveform augmentation, dropout) is not replayed"
+    elif isinstance(defense, Mapping) and defense.get("dp") == "sgd":
+        why = "DP-SGD's per-sample clipping and noise are not replayed"
+    elif optimizer not in OPTIMIZERS:
+        why = f"the {optimizer} optimizer is not replayed"
+    if why:
+        return None, f"{averaged_note} ({why})"
+    batch = int(_training_value(cap, cid, "batch_size", 1))
+    if batch <= 0:
+        raise CaptureFormatError(f"capture {cid} has a non-positive batch size {batch}")
+    recorded = training.get("batch_order")
+    if recorded is not None:
+        batches = _read_order(recorded, cid, steps)
+        known = True
+    elif cap.local_steps() is not None:
+        # Steps cut from one pass over the clips seen (repeats cannot be told apart).
+        batches = sequential_batches(samples, batch, steps=steps)
+        known = True
+    else:
+        epochs = max(int(_training_value(cap, cid, "local_epochs", 1)), 1)
+        batches = sequential_batches(samples, batch, epochs=epochs)
+        known = epochs == 1 or -(-samples // batch) == 1
+    augment = str(training.get("augment", "none") or "none")
+    plan = LocalTraining(
+        batches=batches,
+        lr=cap.learning_rate(),
+        scale=scale,
+        optimizer=optimizer,
+        momentum=0.0 if optimizer == "adam" else _training_value(cap, cid, "momentum", 0.0),
+        weight_decay=_training_value(cap, cid, "weight_decay", 0.0),
+        proximal_mu=_training_value(cap, cid, "proximal_mu", 0.0),
+        # The dual-path trainer does not clip (--clip-norm bounds plain local SGD).
+        clip_norm=_training_value(cap, cid, "clip_norm", 0.0) if augment == "none" else 0.0,
+        order_known=known,
+    )
+    note = f"an update of {plan.steps} local {optimizer} steps over {plan.clips} clips, replayed"
+    if not known:
+        note += (
+            "; the client's batch order is not recorded, so every epoch is assumed to repeat "
+            "the first one's batches"
+        )
+    return plan, note
+
+
+#: Most clip visits a recorded batch order may hold (the simulator records up to 48,000).
+MAX_ORDER_ENTRIES = 100_000
+
+
+def _read_order(value: Any, cid: str, steps: int) -> tuple[tuple[int, ...], ...]:
+    """A capture's ``training["batch_order"]``, checked: a list of ``steps`` non-empty lists
+    of slots numbered by first visit (``0 .. N - 1``, each used)."""
+    bad = CaptureFormatError(f"capture {cid} has an unreadable batch_order")
+    if not isinstance(value, list) or not value:
+        raise bad
+    batches = []
+    entries = 0
+    for b in value:
+        if not isinstance(b, list) or not b or not all(type(i) is int and i >= 0 for i in b):
+            raise bad
+        batches.append(tuple(b))
+        entries += len(b)
+        if entries > MAX_ORDER_ENTRIES:
+            raise bad
+    used = {i for b in batches for i in b}
+    if used != set(range(len(used))):
+        raise bad
+    if len(batches) != steps:
+        raise CaptureFormatError(
+            f"capture {cid} records {len(batches)} batches in batch_order but {steps} local steps"
+        )
+    return tuple(batches)
 
 
 def _step_caveat(cap: Capture, steps: int) -> str:

@@ -11,6 +11,8 @@ the numbers are read from ``RUN/audit/leakage.csv`` (one row per reconstructed s
 * ``sweep`` -- leakage per run and per audited round (batch size and training round).
 * ``alignment`` -- a ``fedspeech sweep experiments/kws_alignment.toml`` folder: accuracy,
   conflict rate and round-1 leakage per alignment method over the seeds.
+* ``unrolled`` -- updates of several local steps attacked unrolled, averaged and as a
+  gradient of the same clips (``experiments/unrolled_fsdd.sh``).
 * ``waveform`` -- the audit of raw-waveform (``--task sdd``) runs, beside a random guess:
   the stage-1 start (normal noise of the attack's start scale) scored against the same
   originals with the same metrics.
@@ -191,6 +193,40 @@ def sweep(runs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
+def _stage1_seconds(run: Path) -> float:
+    summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
+    return float(summary["stage1"]["seconds"]) / max(int(summary["captures"]), 1)
+
+
+def unrolled(runs: Sequence[Path]) -> str:
+    """Per update run RUN: the unrolled model (RUN), the averaged one by l2 (RUN-avg) and by
+    cosine (RUN-avgcos), and the gradient of the same clips (RUN-grad), as
+    experiments/unrolled_fsdd.sh makes them."""
+    head = (
+        "| shared | batch | model | n | label acc. | F-MSE | PESQ-NB | STOI "
+        "| STOI ≥ 0.6 | stage-1 s per capture |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for run in runs:
+        cfg, _ = read_run(run)
+        for model, path in (
+            ("unrolled (cosine)", run),
+            ("averaged (l2)", run.with_name(run.name + "-avg")),
+            ("averaged (cosine)", run.with_name(run.name + "-avgcos")),
+            ("gradient of the same clips (l2)", run.with_name(run.name + "-grad")),
+        ):
+            _, rows = read_run(path)
+            good = sum(1 for v in values(rows, "stoi") if v >= 0.6)
+            lines.append(
+                f"| {shared(cfg)} | {cfg['batch-size']} | {model} | {len(rows)} "
+                f"| {mean(rows, 'label_correct'):.2f} | {cell(rows, 'f_mse', '.1e')} "
+                f"| {cell(rows, 'pesq_nb')} | {cell(rows, 'stoi')} | {good}/{len(rows)} "
+                f"| {_stage1_seconds(path):.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def random_guess(run: Path, rows: Sequence[Row]) -> dict[str, str]:
     """Mean F-MSE, PESQ-NB and STOI of seeded start noise against the audited originals."""
     import numpy as np
@@ -308,6 +344,7 @@ TABLES: dict[str, Callable[[Sequence[Path]], str]] = {
     "table2": table2,
     "table3": table3,
     "sweep": sweep,
+    "unrolled": unrolled,
     "waveform": waveform,
 }
 

@@ -371,6 +371,9 @@ def _run_audit(args: argparse.Namespace) -> None:
     print(f"audited {summary['captures']} captures, {summary['samples']} samples")
     if summary["scored"]:
         print(summary_table(summary))
+        clips = summary.get("clips") or {}
+        if clips.get("text"):
+            print(f"clips: {clips['text']}" + (f" ({clips['note']})" if clips.get("note") else ""))
         if summary.get("speaker_eer") is not None:
             print(
                 f"speaker verifier: EER {summary['speaker_eer']:.3f}, "

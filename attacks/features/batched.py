@@ -19,6 +19,9 @@ Same objective, optimiser, starts and restarts as :func:`attacks.features.recons
   there runs further ones from new random starts, within the plain loop's
   ``restarts * iterations`` steps: a restart in a poor local minimum stops at its plateau
   long before ``iterations``, and the steps it did not take go to new starts instead;
+* an update of several local steps modelled as unrolled (``AttackTarget.local_training``)
+  has the client's local training replayed on the candidates at every step
+  (:func:`attacks.local_training.replay_update`) in place of one gradient;
 * independent targets (same architecture, input shape and batch size; any global
   weights) share one optimisation: their parameters are stacked and the per-target
   objective is vectorised with ``torch.func.vmap`` over ``torch.func.functional_call``.
@@ -56,9 +59,11 @@ from attacks.features.objective import (
     Reconstruction,
     grad_stats,
     initial_features,
+    resolve_distance,
     total_variation,
 )
 from attacks.features.settings import Stage1Settings
+from attacks.local_training import replay_update
 from attacks.target import AttackTarget
 
 __all__ = ["reconstruct_batched"]
@@ -117,6 +122,8 @@ def _group_key(target: AttackTarget) -> tuple[Any, ...]:
         target.frontend,
         target.mask is not None,
         target.second_path is not None,
+        # Replayed local training is part of the objective: one plan per group.
+        target.local_training,
     )
 
 
@@ -378,6 +385,11 @@ class _Group:
             for r, t in zip(self.refs, targets, strict=True):
                 assert t.second_path is not None
                 r[_KEEP] = t.second_path.to(self.device)
+        # An unrolled update replays the client's steps: every step's gradient is formed in
+        # full at other weights, so neither the factored layers nor _LayerStep apply.
+        plan = targets[0].local_training
+        if plan is not None:
+            factored = layerwise = False
         lin = _linear_weights(model, names) if factored else {}
         tap = _Tap(model, lin)
         direct = [n for n in names if n not in lin]
@@ -418,10 +430,17 @@ class _Group:
                     ce = 0.5 * (ce + F.cross_entropy(aug, y))
                 return ce, dict(tap.inputs)
 
-            probes = {w: u.new_zeros(probe_shapes[w]) for w in lin}
-            (g, deltas), inputs = grad(loss, argnums=(0, 1), has_aux=True)(
-                {n: params[n] for n in direct}, probes
-            )
+            if plan is not None:
+                keep = ref[_KEEP] if dual else None
+                own = {n: params[n] for n in direct}
+                g = replay_update(model, own, buffers, u, y, plan, keep)
+                deltas: dict[str, torch.Tensor] = {}
+                inputs: dict[str, torch.Tensor] = {}
+            else:
+                probes = {w: u.new_zeros(probe_shapes[w]) for w in lin}
+                (g, deltas), inputs = grad(loss, argnums=(0, 1), has_aux=True)(
+                    {n: params[n] for n in direct}, probes
+                )
             mine = [g[n] * ref[n + _MASK] if masked else g[n] for n in direct]
             st = grad_stats(mine, [ref[n] for n in direct])
             dd, gg, gr = st.dd, st.gg, st.gr
@@ -437,6 +456,8 @@ class _Group:
             d = dist.from_stats(GradStats(dd + rr_lin, gg, gr, st.rr + rr_lin))
             return d + tv_weight * total_variation(u, tv_dims, tv_reduction), d
 
+        self.plan = plan
+        self.matching = matching
         pdims: dict[str, int | None] = {n: None if self.shared else 0 for n in names}
         self.vmap_step: Callable[..., Any] = vmap(
             grad_and_value(matching, argnums=1, has_aux=True), in_dims=(pdims, 0, 0, 0, 0)
@@ -507,7 +528,34 @@ class _Group:
         """``(grad_u, (objective, matching loss))`` of the ``n`` stacked jobs ``u``."""
         if self.layer_step is not None and u.shape[0] <= _LAYER_MAX:
             return self.layer_step(params, u, y, ref, rr_lin)
+        if self.plan is not None:
+            return self._job_loop(params, u, y, ref, rr_lin)
         return self.vmap_step(params, u, y, ref, rr_lin)
+
+    def _job_loop(
+        self,
+        params: dict[str, torch.Tensor],
+        u: torch.Tensor,
+        y: torch.Tensor,
+        ref: dict[str, torch.Tensor],
+        rr_lin: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The step of unrolled targets: one job after another with plain autograd.
+
+        ``vmap`` of a replay's nested gradients cost twice the time per job of this loop
+        (kws CNN, batch 1, 2 and 4 local steps: per-job weights after the first step turn
+        every convolution into a grouped one), and larger batches did not amortise it.
+        """
+        u = u.detach().requires_grad_(True)
+        objs, ds = [], []
+        for i in range(u.shape[0]):
+            own = params if self.shared else {n: p[i] for n, p in params.items()}
+            obj, d = self.matching(own, u[i], y[i], {k: r[i] for k, r in ref.items()}, rr_lin[i])
+            objs.append(obj)
+            ds.append(d)
+        obj_all = torch.stack(objs)
+        (g_u,) = torch.autograd.grad(obj_all.sum(), u)
+        return g_u, (obj_all.detach(), torch.stack(ds).detach())
 
     def pack(
         self, idx: list[int]
@@ -544,7 +592,6 @@ def reconstruct_batched(
         One per target, in input order; ``features`` is the best iterate of the best
         restart, ``seconds`` the group's wall time split evenly across its targets.
     """
-    dist = DISTANCES.get(settings.distance)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault(_group_key(t), []).append(i)
@@ -567,6 +614,9 @@ def reconstruct_batched(
     for members in groups.values():
         start = group_start = time.perf_counter()
         group_size = len(members)
+        # One plan per group (_group_key), hence one distance.
+        unrolled = targets[members[0]].local_training is not None
+        dist = DISTANCES.get(resolve_distance(settings.distance, unrolled))
         group = _Group(
             [targets[i] for i in members],
             [labels[i] for i in members],

@@ -17,9 +17,11 @@ from attacks.features.objective import (
     DISTANCES,
     Reconstruction,
     initial_features,
+    resolve_distance,
     total_variation,
 )
 from attacks.features.settings import Stage1Settings
+from attacks.local_training import replay_update
 from attacks.target import AttackTarget
 from fedspeech.errors import ConfigError
 
@@ -55,7 +57,8 @@ def reconstruct_plain(
         raise ConfigError(f"labels have shape {shape}, expected ({target.batch_size},)")
     iterations, restarts, lr = settings.iterations, settings.restarts, settings.lr
     tv_weight, tv_reduction, seed = settings.tv_weight, settings.tv_reduction, settings.seed
-    dist = DISTANCES.get(settings.distance).direct
+    unrolled = target.local_training is not None
+    dist = DISTANCES.get(resolve_distance(settings.distance, unrolled)).direct
     start = time.perf_counter()
     model = target.model
     names = list(target.grads)
@@ -72,7 +75,19 @@ def reconstruct_plain(
     # A dual-path update: the mean of the clean and the (expected) augmented path's gradients.
     keep = target.second_path.to(device) if target.second_path is not None else None
 
+    plan = target.local_training
+    fixed = {n: params[n].detach() for n in names}
+    buffers = dict(model.named_buffers())
+
     def matching(u: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        if plan is not None:
+            # The client's local steps replayed on the candidates (torch.func, so that the
+            # outer autograd differentiates through every step).
+            update = replay_update(model, fixed, buffers, u, y, plan, keep)
+            replayed = [update[n] for n in names]
+            if mask is not None:
+                replayed = [g * m for g, m in zip(replayed, mask, strict=True)]
+            return dist(replayed, ref)
         loss = F.cross_entropy(model(u), y)
         if keep is not None:
             # Two forward passes, as the client ran them: each path has its own batch.

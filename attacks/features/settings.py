@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from attacks.features.objective import DISTANCES, TV_REDUCTIONS
+from attacks.features.objective import DISTANCE_CHOICES, DISTANCES, TV_REDUCTIONS
 from fedspeech.errors import ConfigError
 
 __all__ = ["Stage1Settings", "setting_name"]
@@ -82,7 +82,9 @@ class Stage1Settings:
         ``"mean"`` over entries (as ``inversefed``) or ``"sum"``
         (:data:`attacks.features.TV_REDUCTIONS`).
     distance : str
-        Gradient distance, ``"l2"`` or ``"cosine"`` (:data:`attacks.features.DISTANCES`).
+        Gradient distance, ``"l2"`` or ``"cosine"`` (:data:`attacks.features.DISTANCES`), or
+        ``"auto"`` (the default): cosine for a target whose local steps are replayed, l2
+        (the study's) otherwise (:func:`attacks.features.objective.resolve_distance`).
     tol, patience : float, int
         A restart has converged when its best matching loss improved by less than the
         relative ``tol`` over the last ``patience`` steps. Restarts on FSDD clips cross
@@ -148,7 +150,12 @@ class Stage1Settings:
         },
     )
     distance: str = field(
-        default="l2", metadata={"help": "gradient distance", "choices": ("l2", "cosine")}
+        default="auto",
+        metadata={
+            "help": "gradient distance; auto: cosine for updates whose local steps are "
+            "replayed (--update-model unrolled), the study's l2 otherwise",
+            "choices": DISTANCE_CHOICES,
+        },
     )
     tol: float = 1e-2
     patience: int = 1200
@@ -183,7 +190,8 @@ class Stage1Settings:
         if not 0 <= self.seed <= _SEED_MAX:
             raise ConfigError(f"{self._name('seed')} must be in [0, {_SEED_MAX}], got {self.seed}")
         TV_REDUCTIONS.get(self.tv_reduction)
-        DISTANCES.get(self.distance)
+        if self.distance != "auto":
+            DISTANCES.get(self.distance)
 
     def _check_finite(self) -> None:
         """Every float is finite: range checks alone pass infinity (``inf > 0``)."""

@@ -80,14 +80,25 @@ def counts_from_bias(
 
 
 def _proxy_softmax(target: AttackTarget, weight: str, bias: str) -> torch.Tensor:
-    """``(C,)`` softmax at the gradient-derived mean penultimate activation."""
+    """``(C,)`` softmax at the gradient-derived mean penultimate activation.
+
+    For an update of several local steps replayed by the attack (``target.local_training``)
+    the softmax drifts as the client trains: the mean of the softmax at the global weights and
+    at the client's final weights (``w_global - scale * grads``) stands for the steps' mean,
+    Geng et al.'s interpolation for FedAvg updates.
+    """
     gw, gb = target.grads[weight].double(), target.grads[bias].double()
     absent = gb > 0
     if not bool(absent.any()):
         return torch.full_like(gb, 1.0 / gb.numel())
     h = gw[absent].sum(0) / gb[absent].sum()
-    logits = target.params[weight].double() @ h + target.params[bias].double()
-    return F.softmax(logits, dim=0)
+    w0, b0 = target.params[weight].double(), target.params[bias].double()
+    probs = F.softmax(w0 @ h + b0, dim=0)
+    plan = target.local_training
+    if plan is None:
+        return probs
+    w1, b1 = w0 - plan.scale * gw, b0 - plan.scale * gb
+    return 0.5 * (probs + F.softmax(w1 @ h + b1, dim=0))
 
 
 @torch.no_grad()

@@ -54,7 +54,7 @@ def stage1_local(
     for k in range(n_chunks):
         chunk = list(jobs[k * settings.chunk : (k + 1) * settings.chunk])
         # Loaded per chunk: a capture holds two copies of the model, too many to keep all.
-        targets = [load_target(job, settings.dual_path) for job in chunk]
+        targets = [load_target(job, settings.dual_path, settings.update_model) for job in chunk]
         labels = [recover_labels(t, settings.label_method) for t in targets]
         note(f"stage 1: chunk {k + 1}/{n_chunks} ({len(chunk)} captures)")
 
@@ -116,7 +116,7 @@ def stage1_ray(
         while pending or inflight:
             while pending and len(inflight) < limit:
                 job = pending.pop(0)
-                target = load_target(job, settings.dual_path)
+                target = load_target(job, settings.dual_path, settings.update_model)
                 labels = recover_labels(target, settings.label_method)
                 inflight[remote.remote(target, labels, settings.stage1)] = job
                 del target

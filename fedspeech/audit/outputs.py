@@ -69,6 +69,7 @@ ID_COLUMNS: tuple[str, ...] = (
     "capture",
     "round",
     "client",
+    "update_clips",
     "index",
     "clip_id",
     "speaker",
@@ -405,12 +406,58 @@ def write_outputs(
     if scored and rows:
         # The floor a reader compares against: what an attacker who learned nothing scores.
         summary["random_guess"] = random_guess(rows)
+        summary["clips"] = clip_coverage(rows)
     write_json(out / "summary.json", summary)
     if scored and rows:
         summary_plot(out / "summary.png", summary)
         if len(summary["rounds"]) > 1:
             leakage_by_round_plot(out / "leakage_by_round.png", rows)
     return clean_json(summary)  # type: ignore[no-any-return]
+
+
+#: STOI from which a reconstructed clip counts as recovered in ``summary.json``'s ``clips``.
+RECOVERED_STOI = 0.6
+
+
+def clip_coverage(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How many of the clips behind the audited captures were recovered, and how well.
+
+    ``in_updates`` counts the distinct clips each capture was computed from (its truth;
+    None when a row predates the column), ``reconstructed`` the samples stage 1 produced
+    (each scored against its best-matching true clip), ``recovered`` those with STOI of at
+    least :data:`RECOVERED_STOI`. ``note`` says so in words when the captures held more clips
+    than were reconstructed.
+
+    Examples
+    --------
+    >>> rows = [{"capture": "a", "update_clips": 3, "stoi": 0.7}, {"capture": "a", "stoi": 0.2}]
+    >>> c = clip_coverage([{**r, "update_clips": 3} for r in rows])
+    >>> c["in_updates"], c["reconstructed"], c["recovered"]
+    (3, 2, 1)
+    """
+    per_capture: dict[str, Any] = {}
+    for row in rows:
+        per_capture.setdefault(str(row.get("capture")), row.get("update_clips"))
+    known = all(v not in (None, "") for v in per_capture.values())
+    in_updates = sum(int(v) for v in per_capture.values()) if known else None
+    stois = [_as_float(row.get("stoi")) for row in rows]
+    recovered = sum(1 for v in stois if np.isfinite(v) and v >= RECOVERED_STOI)
+    out: dict[str, Any] = {
+        "in_updates": in_updates,
+        "reconstructed": len(rows),
+        "recovered": recovered,
+        "recovered_stoi_at_least": RECOVERED_STOI,
+    }
+    if in_updates is not None and in_updates > len(rows):
+        out["note"] = (
+            f"the captures were computed from {in_updates} clips; the attack reconstructed "
+            f"{len(rows)} and scored each against its best-matching true clip"
+        )
+    out["text"] = (
+        f"{recovered} of {in_updates if in_updates is not None else len(rows)} clips "
+        f"recovered with STOI >= {RECOVERED_STOI}"
+    )
+    return out
 
 
 def random_guess(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

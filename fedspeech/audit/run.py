@@ -242,7 +242,7 @@ def informed_settings(settings: AuditSettings, capture: Path) -> tuple[AuditSett
     defense, so one capture says it.
     """
     defense = Defense.from_meta(load_training(capture).get("defense"))
-    if defense.client_clips and settings.distance == "l2":
+    if defense.client_clips and settings.distance in ("l2", "auto"):
         why = (
             f"the clients clipped their updates to norm {defense.clip:g} ({defense.dp} DP): "
             "matched by cosine distance, which the clip does not change"

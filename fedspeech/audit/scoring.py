@@ -343,6 +343,8 @@ def _score_capture_quietly(
                 f"capture {job.name}: reconstructed features {s1.features.shape[1:]} do not "
                 f"match the run's features {true_feats.shape[1:]}"
             )
+        for row in rows:
+            row["update_clips"] = len(positions)
         pairs = pair(s1.features, true_feats)
         matched = [j for _, j in pairs]
         ff_waves = (

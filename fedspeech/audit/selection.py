@@ -114,9 +114,12 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_target(job: Job, dual_path: str = "expected") -> AttackTarget:
-    """The attack target of a job's capture (``dual_path``: see :class:`AuditSettings`)."""
-    return target_from_capture(load_capture(job.path), job.name, dual_path)
+def load_target(
+    job: Job, dual_path: str = "expected", update_model: str = "unrolled"
+) -> AttackTarget:
+    """The attack target of a job's capture (``dual_path``, ``update_model``: see
+    :class:`AuditSettings`)."""
+    return target_from_capture(load_capture(job.path), job.name, dual_path, update_model)
 
 
 def select_jobs(
@@ -144,7 +147,7 @@ def select_jobs(
             selection.done[name] = done
             job.batch_size = len(done["rows"])
         else:
-            target = load_target(job, settings.dual_path)
+            target = load_target(job, settings.dual_path, settings.update_model)
             job.batch_size = target.batch_size
             job.frontend, job.frontend_kwargs = target.frontend, dict(target.frontend_kwargs)
             if target.caveat and target.caveat not in selection.caveats:

@@ -32,7 +32,7 @@ from typing import Any
 from attacks.features import Stage1Settings, setting_name
 from attacks.labels import LABEL_METHODS
 from attacks.scoring import SPEAKER_MODELS
-from attacks.target import DUAL_PATH_MODELS
+from attacks.target import DUAL_PATH_MODELS, UPDATE_MODELS
 from attacks.waveform import DEFAULT_N_ITER
 from fedspeech.errors import ConfigError
 
@@ -75,6 +75,10 @@ class AuditSettings:
     dual_path : str
         How a dual-path keyword update is matched (:data:`attacks.target.DUAL_PATH_MODELS`):
         ``"expected"`` (the mean of the clean and the expected-mask gradient) or ``"clean"``.
+    update_model : str
+        How an update of several local steps is matched (:data:`attacks.target.UPDATE_MODELS`):
+        ``"unrolled"`` (the client's local training replayed on the candidates) or
+        ``"averaged"`` (one averaged gradient, the audit's model before 2026-12).
     griffin_lim_iters : int
         Stage 2 Griffin-Lim iterations.
     label_method : str
@@ -130,6 +134,15 @@ class AuditSettings:
             "help": "model of a dual-path (SpecAugment) update: the mean of the clean "
             "gradient and the gradient at the expected masked features, or the clean gradient",
             "choices": DUAL_PATH_MODELS,
+            "group": "stage1",
+        },
+    )
+    update_model: str = field(
+        default="unrolled",
+        metadata={
+            "help": "model of an update of several local steps: the client's local training "
+            "replayed on the candidate clips (unrolled), or one averaged gradient",
+            "choices": UPDATE_MODELS,
             "group": "stage1",
         },
     )
@@ -236,6 +249,12 @@ class AuditSettings:
             raise ConfigError(
                 f"{setting_name(self, 'dual_path')} must be one of {known}, got {self.dual_path!r}"
             )
+        if self.update_model not in UPDATE_MODELS:
+            known = ", ".join(UPDATE_MODELS)
+            raise ConfigError(
+                f"{setting_name(self, 'update_model')} must be one of {known}, "
+                f"got {self.update_model!r}"
+            )
         if self.label_method != "auto":
             LABEL_METHODS.get(self.label_method)
         if self.speaker:
@@ -268,6 +287,10 @@ class AuditSettings:
             key["extra_restarts"] = self.extra_restarts
         # Dual-path updates were matched as clean gradients before the option existed.
         key["dual_path"] = self.dual_path
+        # Multi-step updates were matched as one averaged gradient before the option existed:
+        # caches made then are valid for "averaged" only.
+        if self.update_model != "averaged":
+            key["update_model"] = self.update_model
         # Caches from before the option existed summed the total variation.
         if self.tv_reduction != "sum":
             key["tv_reduction"] = self.tv_reduction

@@ -39,7 +39,7 @@ from fedspeech.report import RunRecorder
 from fedspeech.report.recorder import privacy_ledger
 from fedspeech.tasks import TASKS, defense_of, prepare_run
 from fedspeech.tasks.prepare import RunData, open_features
-from fedspeech.training import local_batches, loss_and_accuracy, predict
+from fedspeech.training import batch_slots, local_batches, loss_and_accuracy, predict
 
 
 def model_kwargs(cfg: SimConfig, data: RunData) -> dict[str, Any]:
@@ -122,12 +122,45 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
         "local_epochs": cfg.local_epochs,
         "local_steps": reply_steps(cfg.share, cfg.local_steps),
         "strategy": cfg.strategy,
+        # FedProx adds its proximal term to each local step's loss (the audit replays it).
+        "proximal_mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
         "defense": defense_of(cfg).as_meta(),
     }
     if cfg.lr_schedule != "constant":  # Capture.learning_rate() reads the round's rate
         meta.update(lr_schedule=cfg.lr_schedule, lr_min=cfg.lr_min, rounds=cfg.rounds)
     meta.update(TASKS.get(cfg.task).training_meta(cfg))
     return meta
+
+
+#: Most clip visits a recorded batch order holds (3 epochs of 16,000 clips).
+MAX_ORDER_ENTRIES = 48_000
+
+
+def make_batch_order(cfg: SimConfig, data: RunData) -> Any:
+    """``order(round, client_id)``: the client's seeded batches as slots (no clip identities).
+
+    The server replays the client's shuffle (seeded by the run's seed, the round and the
+    client) as the truth writer does; the slots say which clips shared a step and which came
+    back in later epochs, so that the audit can replay the local steps in the client's order.
+    """
+
+    def order(server_round: int, client_id: int) -> list[list[int]] | None:
+        slots = batch_slots(
+            local_batches(
+                data.partitions[client_id],
+                seed=cfg.seed,
+                server_round=server_round,
+                client_id=client_id,
+                batch_size=cfg.batch_size,
+                epochs=cfg.local_epochs,
+                steps=reply_steps(cfg.share, cfg.local_steps),
+            )
+        )
+        # Within the capture's metadata bound (a few hundred KB at most); beyond it the audit
+        # assumes an order, as for a capture from elsewhere.
+        return slots if sum(len(b) for b in slots) <= MAX_ORDER_ENTRIES else None
+
+    return order
 
 
 def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
@@ -250,6 +283,7 @@ def _run_server(
         num_clients=cfg.clients,
         clients_per_round=cfg.clients_per_round(),
         truth_writer=make_truth_writer(cfg, data),
+        batch_order=make_batch_order(cfg, data),
         on_round=recorder.client_round,
         seed=cfg.seed,
         start_round=control.start_round,

@@ -53,6 +53,9 @@ from fedspeech.training import apply_gradient
 #: ``truth_writer(round, client_ids, path)``: the clips behind a capture (one client's, or
 #: the union of the clients in a secure aggregate).
 TruthWriter = Callable[[int, list[int], Path], None]
+#: ``batch_order(round, client_id)``: the client's local batches as slots numbered by first
+#: visit (see :func:`fedspeech.training.local.batch_slots`), or None.
+BatchOrder = Callable[[int, int], list[list[int]] | None]
 #: ``on_round(round, clients, seconds, failures)``: per-client results and failures.
 RoundCallback = Callable[[int, list[dict[str, Any]], float, list[dict[str, Any]]], None]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -197,6 +200,12 @@ class HonestButCuriousStrategy(Strategy):
         Clients sampled per round.
     truth_writer : callable, optional
         ``truth_writer(round, client_ids, path)`` writes the ground truth of a capture.
+    batch_order : callable, optional
+        ``batch_order(round, client_id)``: the order in which the client visited its clips
+        (slots, no clip identities), stored in an update capture's
+        ``training["batch_order"]`` so that the audit can replay its local steps. The
+        simulator's clients shuffle with a seed the server sets; a server that did not
+        know it would see no order (the audit then assumes one).
     on_round : callable, optional
         ``on_round(round, clients, seconds, failures)`` after aggregation: per-client
         metrics of the usable replies and ``{"client_id", "error"}`` of the failed ones.
@@ -230,6 +239,7 @@ class HonestButCuriousStrategy(Strategy):
         num_clients: int,
         clients_per_round: int,
         truth_writer: TruthWriter | None = None,
+        batch_order: BatchOrder | None = None,
         on_round: RoundCallback | None = None,
         seed: int = 0,
         start_round: int = 0,
@@ -247,6 +257,7 @@ class HonestButCuriousStrategy(Strategy):
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.truth_writer = truth_writer
+        self.batch_order = batch_order
         self.on_round = on_round
         self.seed = seed
         self.start_round = start_round
@@ -499,7 +510,12 @@ class HonestButCuriousStrategy(Strategy):
     def _capture(self, server_round: int, client_id: int, msg: Message) -> None:
         metrics = msg.content.metric_records["metrics"]
         shared = msg.content.array_records["arrays"].to_torch_state_dict()
-        self._submit(server_round, [client_id], _int(metrics["num-examples"]), shared, {})
+        extra: dict[str, Any] = {}
+        if self.share == "update" and self.batch_order is not None:
+            order = self.batch_order(server_round, client_id)
+            if order is not None:
+                extra["batch_order"] = order
+        self._submit(server_round, [client_id], _int(metrics["num-examples"]), shared, extra)
 
     def _capture_aggregate(self, server_round: int, accepted: list[tuple[int, Message]]) -> None:
         """Capture the ``num_examples``-weighted mean of the replies (secure aggregation)."""

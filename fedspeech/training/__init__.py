@@ -4,6 +4,7 @@ from fedspeech.training.domains import ROGA_DOMAINS
 from fedspeech.training.local import (
     LocalResult,
     apply_gradient,
+    batch_slots,
     compute_gradient,
     evaluate,
     gradient_and_loss,
@@ -24,6 +25,7 @@ __all__ = [
     "loss_and_accuracy",
     "predict",
     "gradient_and_loss",
+    "batch_slots",
     "local_batches",
     "local_step_count",
     "seed_torch",

@@ -67,6 +67,21 @@ def local_batches(
     return batches
 
 
+def batch_slots(batches: list[np.ndarray]) -> list[list[int]]:
+    """``batches`` of corpus positions as slots numbered by first visit.
+
+    What an attacker replaying the steps needs to know (which clips share a step, and which
+    come back in later epochs), without the clips themselves.
+
+    Examples
+    --------
+    >>> batch_slots([np.array([7, 3]), np.array([5]), np.array([3, 5]), np.array([7])])
+    [[0, 1], [2], [1, 2], [0]]
+    """
+    slot: dict[int, int] = {}
+    return [[slot.setdefault(int(p), len(slot)) for p in b] for b in batches]
+
+
 def local_step_count(clips: int, batch_size: int, epochs: int = 1, steps: int = 0) -> int:
     """How many batches :func:`local_batches` gives a client of ``clips`` clips.
 

@@ -217,6 +217,46 @@ def test_interrupted_chunk_keeps_the_captures_it_finished(
     assert again["stage1"]["rescored"] == 1 and again["stage1"]["reconstructed"] == 1
 
 
+def test_interrupted_audit_of_multi_step_updates_resumes(
+    tiny_cache: Path, cache_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Updates of 2 local steps, replayed (unrolled): stop after the first capture, resume."""
+    from fedspeech.audit import execution
+
+    run = tmp_path / "updates"
+    update = [*SIMULATE, "--share", "update", "--local-steps", "2", "--out", str(run), "--quiet"]
+    env = {**os.environ, "FEDSPEECH_CACHE": str(tiny_cache)}
+    cmd = [sys.executable, "-m", "fedspeech", "simulate", *update]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cap = load_capture(next((run / "captures").glob("*.safetensors")))
+    assert cap.training["batch_order"] == [[0], [1]]  # one clip a step, as the client ran
+    settings = AuditSettings(**{**FAST, "iterations": 60, "max_samples": 4})
+    real = execution.reconstruct
+    seen: list[Any] = []
+
+    def interrupted(targets: Any, labels: Any, settings: Any, *, on_result: Any, **kw: Any) -> Any:
+        seen.extend(targets)
+
+        def first_then_stop(i: int, rec: Any) -> None:
+            on_result(i, rec)
+            raise KeyboardInterrupt
+
+        return real(targets, labels, settings, on_result=first_then_stop, **kw)
+
+    monkeypatch.setattr(execution, "reconstruct", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        audit_run(run, settings, progress=False)
+    assert all(t.local_training is not None and t.batch_size == 2 for t in seen)
+    assert len(list((run / "audit" / "reconstructions").iterdir())) == 1
+    monkeypatch.setattr(execution, "reconstruct", real)
+    again = audit_run(run, settings, progress=False)
+    assert again["stage1"]["rescored"] == 1 and again["stage1"]["reconstructed"] == 1
+    assert again["clips"]["in_updates"] == again["clips"]["reconstructed"] == 4
+    rows = read_rows(run / "audit" / "leakage.csv")
+    assert {r["update_clips"] for r in rows} == {"2"}
+
+
 class SpectralEncoder:
     """Stand-in speaker encoder: the normalised mean log spectrum (no model download)."""
 

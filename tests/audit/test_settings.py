@@ -90,6 +90,10 @@ def test_stage1_fields_are_stage1_settings() -> None:
         ({"content_max_clips": 0}, "AuditSettings.content_max_clips must be at least 1, got 0"),
         ({"speaker_model": "nobody"}, "unknown speaker model 'nobody'"),
         ({"distance": "l1"}, "unknown gradient distance 'l1'"),
+        (
+            {"update_model": "exact"},
+            "--update-model must be one of unrolled, averaged, got 'exact'",
+        ),
     ],
 )
 def test_bad_settings_name_a_real_flag_or_the_setting(

@@ -134,3 +134,25 @@ def test_alignment_table_is_one_row_per_method_over_its_seeds(tmp_path: Path) ->
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["plain", "pcgrad"]
     cells = [c.strip() for c in lines[3].split("|")[1:-1]]
     assert cells[1:4] == ["2", "0.800 ± 0.100", "0.0100 ± 0.0000"]
+
+
+def test_unrolled_table_puts_the_three_models_of_a_run_side_by_side(tmp_path: Path) -> None:
+    tables = load_tables()
+    stoi = {"u4": [0.8, 0.5], "u4-avg": [0.3, 0.2], "u4-avgcos": [0.6, 0.2], "u4-grad": [0.9, 0.7]}
+    for name, values in stoi.items():
+        # fake_run names the folder after its front-end argument.
+        run = fake_run(tmp_path, [{"round": 1, "stoi": v} for v in values], frontend=name)
+        summary = json.loads((run / "audit" / "summary.json").read_text(encoding="utf-8"))
+        summary.update(captures=2, stage1={"seconds": 30.0})
+        (run / "audit" / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    (tmp_path / "u4" / "config.toml").write_text(
+        '[simulate]\nfrontend = "mel"\nbatch-size = 1\nshare = "update"\nlocal-steps = 4\n',
+        encoding="utf-8",
+    )
+    lines = tables.unrolled([tmp_path / "u4"]).splitlines()[2:]
+    cells = [[c.strip() for c in line.split("|")] for line in lines]
+    assert [c[3].split(" (")[0] for c in cells] == [
+        "unrolled", "averaged", "averaged", "gradient of the same clips"
+    ]  # fmt: skip
+    assert [c[9] for c in cells] == ["1/2", "0/2", "1/2", "2/2"]  # STOI >= 0.6
+    assert cells[0][1] == "update, 4 steps" and cells[0][10] == "15"  # 30 s over 2 captures
