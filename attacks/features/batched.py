@@ -63,6 +63,7 @@ from attacks.features.objective import (
     total_variation,
 )
 from attacks.features.settings import Stage1Settings
+from attacks.features.step_order import order_labels
 from attacks.local_training import replay_update
 from attacks.target import AttackTarget
 
@@ -108,6 +109,8 @@ class _Outcome:
     iterations: int = 0
     restarts: int = 0
     seconds: float = 0.0
+    # Seconds spent on the target before its group ran (ordering a replayed update's labels).
+    before: float = 0.0
     done: bool = False
 
 
@@ -590,12 +593,19 @@ def reconstruct_batched(
     -------
     list[Reconstruction]
         One per target, in input order; ``features`` is the best iterate of the best
-        restart, ``seconds`` the group's wall time split evenly across its targets.
+        restart, ``seconds`` the group's wall time split evenly across its targets. For a
+        replayed update ``labels`` are in step order (:mod:`attacks.features.step_order`),
+        and ``iterations`` and ``seconds`` include the pass that ordered them.
     """
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault(_group_key(t), []).append(i)
     outcomes = [_Outcome() for _ in targets]
+    # Replayed updates: which label trained at which step (step_order); its cost is counted.
+    labels, ordering = order_labels(targets, labels, settings, reconstruct_batched)
+    for i, (steps, seconds) in ordering.items():
+        outcomes[i].iterations += steps
+        outcomes[i].before = seconds
     finished = 0
 
     group_start = time.perf_counter()
@@ -606,7 +616,8 @@ def reconstruct_batched(
         outcomes[i].done = True
         finished += 1
         if on_result is not None:
-            outcomes[i].seconds = (time.perf_counter() - group_start) / group_size
+            elapsed = (time.perf_counter() - group_start) / group_size
+            outcomes[i].seconds = outcomes[i].before + elapsed
             on_result(i, _result(labels[i], outcomes[i]))
         if progress is not None:
             progress(finished, len(targets))
@@ -629,7 +640,7 @@ def reconstruct_batched(
         _run_group(group, settings, [outcomes[i] for i in members], members, report)
         share = (time.perf_counter() - start) / len(members)
         for i in members:
-            outcomes[i].seconds = share
+            outcomes[i].seconds = outcomes[i].before + share
 
     return [_result(y, out) for y, out in zip(labels, outcomes, strict=True)]
 

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from attacks.features import Stage1Settings, reconstruct
+from attacks.features.step_order import best_order
 from attacks.local_training import LocalTraining, replay_update, sequential_batches
 from attacks.target import target_from_capture
 from fedspeech.capture import Capture, CaptureFormatError
@@ -197,3 +198,21 @@ def test_two_steps_recovered_better_unrolled_than_averaged() -> None:
         d = (rec.features[:, None] - torch.from_numpy(x)[None]).square().mean((2, 3))
         f_mse[update_model] = float(d.min(1).values.mean())
     assert f_mse["unrolled"] < 0.5 * f_mse["averaged"], f_mse
+
+
+def test_the_step_order_of_the_labels_is_found_by_replaying(
+    client: tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray],
+) -> None:
+    """Given the true (clip, label) pairs in label order, the replay puts them in step order."""
+    state, x, _ = client
+    y = np.array([7, 2, 5, 0])  # the client's steps: one clip each, in this order
+    model = build_model("kws-cnn")
+    model.load_state_dict(state)
+    train_local(model, x[:4], y, [np.array([k]) for k in range(4)], lr=0.1)
+    target = target_from_capture(
+        _capture(state, model.state_dict(), 4, lr=0.1, batch_size=1, local_steps=4)
+    )
+    by_label = np.argsort(y)  # what label recovery gives: ascending labels
+    clips, labels = torch.from_numpy(x[:4][by_label]), torch.from_numpy(y[by_label])
+    order = best_order(target, clips, labels, "cosine")
+    assert labels[order].tolist() == y.tolist()

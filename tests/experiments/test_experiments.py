@@ -30,3 +30,44 @@ def test_experiment_config_is_valid(path: Path) -> None:
 def test_there_are_experiments() -> None:
     assert EXPERIMENTS
     assert any(_is_sweep(p) for p in EXPERIMENTS)
+
+
+def test_same_clips_gradient_is_the_gradient_of_the_updates_clips(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from experiments.same_clips_gradient import convert
+    from fedspeech.capture import Capture, load_capture, load_truth, save_capture, save_truth
+    from fedspeech.models import build_model
+    from fedspeech.training import compute_gradient
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "captures").mkdir()
+    (run / "truth").mkdir()
+    (run / "config.toml").write_text("[simulate]\n", encoding="utf-8")
+    feats = np.random.default_rng(0).standard_normal((5, 32, 32)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4])
+    np.save(run / "data" / "features.npy", feats)
+    np.save(run / "data" / "labels.npy", labels)
+    state = build_model("kws-cnn").state_dict()
+    cap = Capture(
+        kind="update", server_round=1, client_id=3, num_examples=4, global_weights=state,
+        shared={k: v.clone() for k, v in state.items()}, model="kws-cnn", frontend="mel",
+        training={"lr": 0.1, "batch_size": 2, "batch_order": [[0, 1], [1, 0]]},
+    )  # fmt: skip
+    save_capture(cap, run / "captures" / "r001_c0003.safetensors")
+    batch = {"positions": [4, 2], "clip_ids": ["e", "c"], "labels": [4, 2], "speakers": ["s", "t"]}
+    truth = {"round": 1, "client_id": 3, "kind": "update", "batches": [batch, batch]}
+    save_truth(run / "truth" / "r001_c0003.json", truth)
+
+    assert convert(run, tmp_path / "grad") == 1
+    got = load_capture(tmp_path / "grad" / "captures" / "r001_c0003.safetensors")
+    assert got.kind == "gradient" and got.num_examples == 2
+    assert "batch_order" not in got.training
+    model = build_model("kws-cnn")
+    model.load_state_dict(state)
+    want = compute_gradient(model, torch.from_numpy(feats[[4, 2]]), torch.tensor([4, 2]))
+    assert all(torch.allclose(got.shared[n], want[n]) for n in want)
+    rewritten = load_truth(tmp_path / "grad" / "truth" / "r001_c0003.json")
+    assert rewritten["batches"] == [batch] and rewritten["kind"] == "gradient"
