@@ -33,10 +33,11 @@ def test_there_are_experiments() -> None:
 
 
 def test_same_clips_gradient_is_the_gradient_of_the_updates_clips(tmp_path: Path) -> None:
+    import importlib.util
+
     import numpy as np
     import torch
 
-    from experiments.same_clips_gradient import convert
     from fedspeech.capture import Capture, load_capture, load_truth, save_capture, save_truth
     from fedspeech.models import build_model
     from fedspeech.training import compute_gradient
@@ -61,7 +62,12 @@ def test_same_clips_gradient_is_the_gradient_of_the_updates_clips(tmp_path: Path
     truth = {"round": 1, "client_id": 3, "kind": "update", "batches": [batch, batch]}
     save_truth(run / "truth" / "r001_c0003.json", truth)
 
-    assert convert(run, tmp_path / "grad") == 1
+    script = REPO / "experiments" / "same_clips_gradient.py"
+    spec = importlib.util.spec_from_file_location("same_clips_gradient", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.convert(run, tmp_path / "grad") == 1
     got = load_capture(tmp_path / "grad" / "captures" / "r001_c0003.safetensors")
     assert got.kind == "gradient" and got.num_examples == 2
     assert "batch_order" not in got.training
