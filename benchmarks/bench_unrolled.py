@@ -2,11 +2,13 @@
 
     python benchmarks/bench_unrolled.py [--steps 1 2 4 8] [--batch 1] [--iterations 200]
 
-For each K, one update of K local SGD steps (``--batch`` clips a step, each step on new
-clips, FSDD-shaped 32 x 32 Mel inputs, the keyword CNN at its initial weights) is attacked
-by stage 1 with the unrolled model (:func:`attacks.local_training.replay_update` inside
-:func:`attacks.features.reconstruct`) for exactly ``--iterations`` steps (no early stop), in
-a fresh process with one torch thread. Printed: seconds per reconstruction, seconds per
+For each K, one update of K local SGD steps with momentum 0.5 (``--batch`` clips a step,
+each step on new clips, FSDD-shaped 32 x 32 Mel inputs, the keyword CNN at its initial
+weights) is attacked by stage 1 with the unrolled model
+(:func:`attacks.local_training.replay_update` inside :func:`attacks.features.reconstruct`)
+for exactly ``--iterations`` steps (no early stop; for K > 1 after the averaged pass of as
+many steps that orders the labels, :mod:`attacks.features.step_order`), in a fresh process
+with one torch thread. Printed: seconds per reconstruction, seconds per
 stage-1 step, the peak resident memory the reconstruction added to the process, and both
 as ratios to the smallest K (linear growth in K would be ratios equal to K / K_min). Also
 the averaged model on the same update, as the reference of what one gradient costs.
@@ -23,6 +25,8 @@ import resource
 import sys
 import time
 from typing import Any
+
+MOMENTUM = 0.5
 
 
 def _rss_mb() -> float:
@@ -54,7 +58,9 @@ def _one(job: dict[str, Any], queue: Any) -> None:
         np.arange(clips), seed=0, server_round=1, client_id=0, batch_size=batch,
         epochs=epochs, steps=steps,
     )  # fmt: skip
-    train_local(model, x, y, batches, lr=0.1)
+    # Momentum makes a one-step update go through the replay too (a plain one-step SGD
+    # update is its gradient, attacked without replaying); it costs the replay nothing.
+    train_local(model, x, y, batches, lr=0.1, momentum=MOMENTUM)
     cap = Capture(
         kind="update",
         server_round=1,
@@ -65,7 +71,7 @@ def _one(job: dict[str, Any], queue: Any) -> None:
         model="kws-cnn",
         frontend="mel",
         model_kwargs={"num_classes": 10, "input_shape": [32, 32]},
-        training={"lr": 0.1, "momentum": 0.0, "batch_size": batch, "local_epochs": epochs,
+        training={"lr": 0.1, "momentum": MOMENTUM, "batch_size": batch, "local_epochs": epochs,
                   "local_steps": steps},
     )  # fmt: skip
     target = target_from_capture(cap, update_model=job["model"])
