@@ -231,7 +231,7 @@ def test_interrupted_audit_of_multi_step_updates_resumes(
     assert proc.returncode == 0, proc.stderr[-3000:]
     cap = load_capture(next((run / "captures").glob("*.safetensors")))
     assert cap.training["batch_order"] == [[0], [1]]  # one clip a step, as the client ran
-    settings = AuditSettings(**{**FAST, "iterations": 60, "max_samples": 4})
+    settings = AuditSettings(**{**FAST, "iterations": 60, "max_samples": 4, "content": False})
     real = execution.reconstruct
     seen: list[Any] = []
 
