@@ -461,6 +461,8 @@ def _local_training(
     optimizer = str(training.get("optimizer", "sgd") or "sgd")
     if training.get("task") == "sdd":
         why = "the detectors' local trainer (RoGA, waveform augmentation, dropout) is not replayed"
+    elif len(training.get("secagg_clients") or ()) > 1:
+        why = "a secure aggregate is the mean of several clients' local training"
     elif isinstance(defense, Mapping) and defense.get("dp") == "sgd":
         why = "DP-SGD's per-sample clipping and noise are not replayed"
     elif optimizer not in OPTIMIZERS:

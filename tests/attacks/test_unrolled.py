@@ -166,6 +166,8 @@ def test_one_sgd_step_and_the_detectors_trainer_stay_averaged() -> None:
     assert one.local_training is None and one.caveat == ""
     sdd = target_from_capture(_capture(state, state, 4, local_steps=2, task="sdd"))
     assert sdd.local_training is None and "not replayed" in sdd.caveat
+    secagg = _capture(state, state, 8, local_steps=2, secagg_clients=[0, 1])
+    assert target_from_capture(secagg).local_training is None
     with pytest.raises(ValueError, match="update_model must be one of unrolled, averaged"):
         target_from_capture(_capture(state, state, 4, local_steps=2), update_model="exact")
 
