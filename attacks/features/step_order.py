@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -137,8 +138,6 @@ def order_labels(
     ]
     if not chosen:
         return out, {}
-    import time
-
     start = time.perf_counter()
     distance = resolve_distance(settings.distance, unrolled=True)
     averaged = [dataclasses.replace(targets[i], local_training=None) for i in chosen]

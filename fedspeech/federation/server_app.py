@@ -132,6 +132,22 @@ def training_meta(cfg: SimConfig) -> dict[str, Any]:
     return meta
 
 
+def client_batches(
+    cfg: SimConfig, data: RunData, server_round: int, client_id: int
+) -> list[np.ndarray]:
+    """The batches (corpus positions) client ``client_id`` trains on in ``server_round``:
+    its seeded shuffle replayed, as the client draws it (:func:`local_batches`)."""
+    return local_batches(
+        data.partitions[client_id],
+        seed=cfg.seed,
+        server_round=server_round,
+        client_id=client_id,
+        batch_size=cfg.batch_size,
+        epochs=cfg.local_epochs,
+        steps=reply_steps(cfg.share, cfg.local_steps),
+    )
+
+
 #: Most clip visits a recorded batch order holds (3 epochs of 16,000 clips).
 MAX_ORDER_ENTRIES = 48_000
 
@@ -145,17 +161,7 @@ def make_batch_order(cfg: SimConfig, data: RunData) -> Any:
     """
 
     def order(server_round: int, client_id: int) -> list[list[int]] | None:
-        slots = batch_slots(
-            local_batches(
-                data.partitions[client_id],
-                seed=cfg.seed,
-                server_round=server_round,
-                client_id=client_id,
-                batch_size=cfg.batch_size,
-                epochs=cfg.local_epochs,
-                steps=reply_steps(cfg.share, cfg.local_steps),
-            )
-        )
+        slots = batch_slots(client_batches(cfg, data, server_round, client_id))
         # Within the capture's metadata bound (a few hundred KB at most); beyond it the audit
         # assumes an order, as for a capture from elsewhere.
         return slots if sum(len(b) for b in slots) <= MAX_ORDER_ENTRIES else None
@@ -179,15 +185,7 @@ def make_truth_writer(cfg: SimConfig, data: RunData) -> Any:
         batches = [
             batch
             for client_id in client_ids
-            for batch in local_batches(
-                data.partitions[client_id],
-                seed=cfg.seed,
-                server_round=server_round,
-                client_id=client_id,
-                batch_size=cfg.batch_size,
-                epochs=cfg.local_epochs,
-                steps=reply_steps(cfg.share, cfg.local_steps),
-            )
+            for batch in client_batches(cfg, data, server_round, client_id)
         ]
         truth = {
             "round": server_round,

@@ -190,6 +190,23 @@ def test_resume_reuses_finished_captures(
     assert one["samples"] == 1 and len(read_rows(out / "leakage.csv")) == 1
 
 
+def stop_after_first(real: Any, seen: list[Any] | None = None) -> Any:
+    """``real`` (stage 1's reconstruct) raising KeyboardInterrupt once it handed over its first
+    result; the targets it was given are appended to ``seen``."""
+
+    def interrupted(targets: Any, labels: Any, settings: Any, *, on_result: Any, **kw: Any) -> Any:
+        if seen is not None:
+            seen.extend(targets)
+
+        def first_then_stop(i: int, rec: Any) -> None:
+            on_result(i, rec)
+            raise KeyboardInterrupt
+
+        return real(targets, labels, settings, on_result=first_then_stop, **kw)
+
+    return interrupted
+
+
 def test_interrupted_chunk_keeps_the_captures_it_finished(
     run_dir: Path, audited: tuple[dict, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,16 +216,8 @@ def test_interrupted_chunk_keeps_the_captures_it_finished(
     shutil.copytree(run_dir, copy)
     shutil.rmtree(copy / "audit")
     real = execution.reconstruct
-
-    def interrupted(targets: Any, labels: Any, settings: Any, *, on_result: Any, **kw: Any) -> Any:
-        # Both captures are one chunk; stop as soon as the first is handed over.
-        def first_then_stop(i: int, rec: Any) -> None:
-            on_result(i, rec)
-            raise KeyboardInterrupt
-
-        return real(targets, labels, settings, on_result=first_then_stop, **kw)
-
-    monkeypatch.setattr(execution, "reconstruct", interrupted)
+    # Both captures are one chunk; stop as soon as the first is handed over.
+    monkeypatch.setattr(execution, "reconstruct", stop_after_first(real))
     with pytest.raises(KeyboardInterrupt):
         audit_run(copy, AuditSettings(**FAST), progress=False)
     assert len(list((copy / "audit" / "reconstructions").iterdir())) == 1
@@ -234,17 +243,7 @@ def test_interrupted_audit_of_multi_step_updates_resumes(
     settings = AuditSettings(**{**FAST, "iterations": 60, "max_samples": 4, "content": False})
     real = execution.reconstruct
     seen: list[Any] = []
-
-    def interrupted(targets: Any, labels: Any, settings: Any, *, on_result: Any, **kw: Any) -> Any:
-        seen.extend(targets)
-
-        def first_then_stop(i: int, rec: Any) -> None:
-            on_result(i, rec)
-            raise KeyboardInterrupt
-
-        return real(targets, labels, settings, on_result=first_then_stop, **kw)
-
-    monkeypatch.setattr(execution, "reconstruct", interrupted)
+    monkeypatch.setattr(execution, "reconstruct", stop_after_first(real, seen))
     with pytest.raises(KeyboardInterrupt):
         audit_run(run, settings, progress=False)
     assert all(t.local_training is not None and t.batch_size == 2 for t in seen)
