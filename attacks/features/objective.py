@@ -138,10 +138,11 @@ def resolve_distance(name: str, unrolled: bool) -> str:
     """The distance ``name`` stands for on a target: "auto" is cosine for an update whose
     local steps are replayed (``unrolled``), the study's l2 for everything else.
 
-    On FSDD updates of 4 local steps the replayed objective under l2 stalled in poor minima
-    (STOI 0.46, below the averaged model's 0.59), while under cosine it recovered every clip
-    (docs/results/unrolled.md): the update's overall scale, which l2 weighs, is the least
-    informative part of a multi-step update (Geiping et al. 2020 match updates by cosine).
+    While this was built, the replayed objective under l2 stalled in poor minima on FSDD
+    updates of 4 local steps (one audit, before the labels were put in step order; not a
+    figure in docs/results), and cosine did not: the update's overall scale, which l2 weighs,
+    is the least informative part of a multi-step update (Geiping et al. 2020 match updates
+    by cosine). The measured comparison with the averaged model is docs/results/unrolled.md.
 
     Examples
     --------

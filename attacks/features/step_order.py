@@ -3,10 +3,9 @@
 Labels are recovered from an update as a multiset (:mod:`attacks.labels.count`): which
 step trained on which label is not in it. For one gradient that does not matter (the
 samples of a batch are interchangeable), but a replayed update takes each step at other
-weights, so a label attached to the wrong step is a wrong model of the update: on FSDD
-updates of 4 one-clip steps, the replay with the labels in ascending order stalled at a
-matching loss four times that with the labels in the client's order, and recovered the
-clips far worse.
+weights, so a label attached to the wrong step is a wrong model of the update (in a trial
+on FSDD updates of 4 one-clip steps, labels in ascending order left the replay at a far
+higher matching loss than labels in the client's order).
 
 :func:`order_labels` finds the order in two cheap passes. The averaged model
 (:mod:`attacks.target`: one gradient of all the clips, blind to the order) first recovers
