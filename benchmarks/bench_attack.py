@@ -6,21 +6,23 @@ clip, as for the captures of one round; each clip's gradient is taken with its s
 as the label, as a client's would be). The plain loop is the
 study's algorithm: one sample at a time, 8000 Adam iterations, two restarts, no early stop
 (:func:`attacks.features.reconstruct_plain`). fedspeech's (:func:`attacks.features.reconstruct`)
-stops iterations and restarts once converged and batches independent targets, once at the
-study's constant Adam step size (in this process, and split over ``--workers`` processes of
-one thread each), once more split with ``--extra-restarts`` (not the study's: further restarts
-for the clips none of whose restarts converged, within the plain loop's steps per clip) and
-once (``--lr-start``, default 0.1, not the study's) starting at a larger
-step divided at each plateau down to the study's 0.01. All reconstructions go through the
-same stage 2 and are scored with PESQ-NB and STOI against the original clips. The plain loop
-and the in-process runs get the same torch threads (``--threads``, default all cores), the
-split runs one per process; all use the same objective (``--tv-reduction``, default the
-audit's ``mean``).
+stops iterations and restarts once converged and batches independent targets (``--methods``):
+at the study's constant Adam step size (``--preset study`` in ``fedspeech audit``) in this
+process and split over ``--workers`` processes of one thread each; split, with
+``--extra-restarts`` (not the study's: further restarts for the clips none of whose restarts
+converged, within the plain loop's steps per clip); and with fedspeech's default schedule
+(``--lr-start``, 0.1: a larger first step divided at each plateau down to 0.001, each
+decrease continuing from the best iterate) in this process and split. All reconstructions
+go through the same stage 2 and are scored with PESQ-NB and STOI against the original
+clips. The plain loop and the in-process runs get the same torch threads (``--threads``,
+default all cores), the split runs one per process; all use the same objective
+(``--tv-reduction``, default the audit's ``mean``).
 
 Usage::
 
     python benchmarks/bench_attack.py                      # FSDD clips from ../shared/data
     python benchmarks/bench_attack.py --samples 8 --plain-samples 2 --threads 1
+    python benchmarks/bench_attack.py --seed 2 --methods schedule schedule-split
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from fedspeech.models import build_model
 from fedspeech.tasks.prepare import peak_normalize
 from fedspeech.training import compute_gradient
 
+METHODS = ("constant", "constant-split", "extra", "schedule", "schedule-split")
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
 
@@ -145,13 +148,23 @@ def main() -> None:
         type=int,
         default=4,
         help="restarts beyond --restarts, within the plain loop's steps per clip, for the "
-        "clips none of whose restarts converged (0: skip that run)",
+        "clips none of whose restarts converged (method 'extra')",
     )
     ap.add_argument(
         "--lr-start",
         type=float,
         default=0.1,
-        help="first step size of the scheduled fedspeech run (0: skip that run)",
+        help="first step size of the scheduled runs (methods 'schedule' and 'schedule-split'; "
+        "fedspeech's default)",
+    )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="fedspeech runs to time beside the plain loop: the study's constant step in "
+        "this process and split over --workers processes, with --extra-restarts (split), "
+        "and fedspeech's default schedule (--lr-start) in this process and split",
     )
     ap.add_argument(
         "--out",
@@ -162,12 +175,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}; TV: {args.tv_reduction}")
-    common = Stage1Settings(
+    if args.workers < 2 and any(m.endswith("split") or m == "extra" for m in args.methods):
+        ap.error("--workers must be at least 2 for the split methods")
+    # The study's settings: a constant step of 0.01 (--preset study in fedspeech audit).
+    shared = dict(
         iterations=args.iterations,
         restarts=args.restarts,
         seed=args.seed,
         tv_reduction=args.tv_reduction,
     )
+    common = Stage1Settings.preset("study", **shared)
+    # fedspeech's default schedule: from --lr-start down to the default --lr (0.001).
+    sched = Stage1Settings(lr_start=args.lr_start, **shared)
 
     waves, digits = clips(args.samples, args.seed)
     tgts, feats = targets(waves, digits, args.seed)
@@ -178,27 +197,20 @@ def main() -> None:
     n_plain = min(args.plain_samples, args.samples)
 
     runs: dict[str, tuple[float, list]] = {}
-    # (name, settings, worker processes)
-    methods: list[tuple[str, Stage1Settings, int]] = [("constant step", common, 1)]
-    if args.workers > 1:
-        methods.append((f"constant step, {args.workers} processes", common, args.workers))
-    if args.extra_restarts > 0:
-        methods.append(
-            (
-                f"+{args.extra_restarts} restarts"
-                + (f", {args.workers} processes" if args.workers > 1 else ""),
-                dataclasses.replace(common, extra_restarts=args.extra_restarts),
-                args.workers,
-            )
-        )
-    if args.lr_start > 0:
-        methods.append(
-            (
-                f"--lr-start {args.lr_start:g}",
-                dataclasses.replace(common, lr_start=args.lr_start),
-                1,
-            )
-        )
+    # (name, settings, worker processes) of each method asked for by --methods.
+    split = f", {args.workers} processes"
+    available: dict[str, tuple[str, Stage1Settings, int]] = {
+        "constant": ("constant step", common, 1),
+        "constant-split": ("constant step" + split, common, args.workers),
+        "extra": (
+            f"+{args.extra_restarts} restarts" + split,
+            dataclasses.replace(common, extra_restarts=args.extra_restarts),
+            args.workers,
+        ),
+        "schedule": (f"--lr-start {args.lr_start:g}", sched, 1),
+        "schedule-split": (f"--lr-start {args.lr_start:g}" + split, sched, args.workers),
+    }
+    methods = [available[m] for m in args.methods]
     for name, settings, workers in methods:
         t = time.perf_counter()
         recs = reconstruct(tgts, labels, settings, workers=workers)
@@ -251,7 +263,7 @@ def main() -> None:
         fp, fs = means(scored[name], n_plain)
         verdict = "equal or better" if fp >= pp and fs >= ps else "WORSE"
         print(
-            f"{name}: {rate / plain_rate:.1f}x the plain loop (target >= 10x); on the "
+            f"{name}: {rate / plain_rate:.1f}x the plain loop (target >= 20x); on the "
             f"{n_plain} clips both attacked PESQ-NB {fp:.3f} vs {pp:.3f}, STOI {fs:.3f} vs "
             f"{ps:.3f}: {verdict}"
         )

@@ -76,7 +76,9 @@ def _one(job: dict[str, Any], queue: Any) -> None:
     )  # fmt: skip
     target = target_from_capture(cap, update_model=job["model"])
     it = job["iterations"]
-    settings = Stage1Settings(iterations=it, restarts=1, patience=it + 1, floor=0.0, skip_below=0.0)
+    settings = Stage1Settings(
+        iterations=it, restarts=1, patience=it + 1, floor=0.0, skip_below=0.0, lr_start=None
+    )
     before = _rss_mb()
     t0 = time.perf_counter()
     reconstruct([target], [torch.from_numpy(y[: target.batch_size])], settings)

@@ -13,6 +13,6 @@ for variant in dropout no-dropout; do
   [ "$variant" = no-dropout ] && flags=(--no-dropout)
   [ -f "$OUT/$variant/metrics.json" ] ||
     $FS simulate --config experiments/leakage_sdd.toml --out "$OUT/$variant" --overwrite --quiet "${flags[@]}"
-  $FS audit "$OUT/$variant" --iterations 2000 --restarts 1 --workers "$W" --quiet
+  $FS audit --preset study "$OUT/$variant" --iterations 2000 --restarts 1 --workers "$W" --quiet
 done
 ${PYTHON:-python} experiments/tables.py waveform "$OUT/dropout" "$OUT/no-dropout"

@@ -502,6 +502,13 @@ class SimConfig:
         group="audit",
         minimum=1,
     )
+    audit_preset: str | None = setting(
+        None,
+        "stage-1 preset of the audit: study = the study's constant step size "
+        "(default: fedspeech audit's faster schedule)",
+        group="audit",
+        choices=("study",),
+    )
     audit_threads: int = setting(
         0, "torch threads of the attack (0 = every core)", group="audit", minimum=0
     )

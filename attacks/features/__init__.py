@@ -24,10 +24,11 @@ from attacks.features.objective import (
     total_variation,
 )
 from attacks.features.plain import reconstruct_plain
-from attacks.features.settings import Stage1Settings, setting_name
+from attacks.features.settings import PRESETS, Stage1Settings, setting_name
 
 __all__ = [
     "DISTANCES",
+    "PRESETS",
     "TV_REDUCTIONS",
     "GradStats",
     "GradientDistance",

@@ -98,6 +98,9 @@ class _Job:
     # poor minima running until no job had finished for ``patience`` steps).
     mark: float = float("inf")
     mark_step: int = 0
+    # The step at which Adam's moments were last reset (a step-size decrease, with
+    # ``decay_from_best``): its bias correction counts from there.
+    adam_from: int = 0
 
 
 @dataclass
@@ -732,6 +735,7 @@ def _optimise(group: _Group, s: Stage1Settings, jobs: list[_Job]) -> set[_Job]:
     m = torch.stack([j.m for j in jobs])
     v = torch.stack([j.v for j in jobs])
     steps = torch.tensor([j.steps for j in jobs], device=dev, dtype=torch.float64)
+    adam_from = torch.tensor([j.adam_from for j in jobs], device=dev, dtype=torch.float64)
     best_u = torch.stack([j.best_u if j.best_u is not None else j.u for j in jobs])
     best = torch.tensor([j.best_loss for j in jobs], device=dev, dtype=torch.float64)
     mark = torch.tensor([j.mark for j in jobs], device=dev, dtype=torch.float64)
@@ -757,14 +761,23 @@ def _optimise(group: _Group, s: Stage1Settings, jobs: list[_Job]) -> set[_Job]:
             steps = steps + 1
             m = _BETA1 * m + (1 - _BETA1) * g_u
             v = _BETA2 * v + (1 - _BETA2) * g_u.square()
-            c1 = (1 - _BETA1**steps).view(view).to(u.dtype)
-            c2 = (1 - _BETA2**steps).view(view).to(u.dtype)
+            c1 = (1 - _BETA1 ** (steps - adam_from)).view(view).to(u.dtype)
+            c2 = (1 - _BETA2 ** (steps - adam_from)).view(view).to(u.dtype)
             u = u - (lr.view(view).to(u.dtype) / c1) * m / (v.sqrt() / c2.sqrt() + _EPS)
             if bool((steps >= cap).any()):
                 break
         if s.first_lr > s.lr:
             decay = (lr > final_lr) & (steps - mark_step >= s.decay_patience)
             lr = torch.where(decay, (lr * s.lr_decay).clamp(min=s.lr), lr)
+            if s.decay_from_best:
+                # The smaller step continues from the best iterate with fresh moments: a
+                # large step can leave the basin of its best point and never return to it,
+                # and moments from the large steps would shrink the small ones.
+                back = decay.view(view)
+                u = torch.where(back, best_u, u)
+                m = torch.where(back, torch.zeros_like(m), m)
+                v = torch.where(back, torch.zeros_like(v), v)
+                adam_from = torch.where(decay, steps, adam_from)
             # Improvement is counted afresh at the new step size.
             mark = torch.where(decay, best, mark)
             mark_step = torch.where(decay, steps, mark_step)
@@ -783,4 +796,5 @@ def _optimise(group: _Group, s: Stage1Settings, jobs: list[_Job]) -> set[_Job]:
         job.steps = int(steps[i])
         job.best_u, job.best_loss = best_u[i], best_l[i]
         job.mark, job.mark_step = mark_l[i], int(mark_step_l[i])
+        job.adam_from = int(adam_from[i])
     return done

@@ -31,7 +31,7 @@ __all__ = ["reconstruct_plain"]
 def reconstruct_plain(
     target: AttackTarget,
     labels: torch.Tensor,
-    settings: Stage1Settings = Stage1Settings(),
+    settings: Stage1Settings = Stage1Settings.preset("study"),
 ) -> Reconstruction:
     """Recover the input ``(B, *input_shape)`` behind ``target``'s gradient (the baseline).
 
@@ -43,9 +43,10 @@ def reconstruct_plain(
         ``(B,)`` labels, e.g. from :func:`attacks.labels.recover_labels`.
     settings : Stage1Settings
         Its ``iterations`` (Adam steps per restart, all of them: 8000 in the study),
-        ``restarts`` (the one with the lower final matching loss is kept), ``lr``,
-        ``tv_weight``, ``tv_reduction``, ``distance`` and ``seed`` (of the starts) apply;
-        the fast loop's stopping and batching options are ignored.
+        ``restarts`` (the one with the lower final matching loss is kept), ``lr`` (a
+        constant step), ``tv_weight``, ``tv_reduction``, ``distance`` and ``seed`` (of the
+        starts) apply; the fast loop's schedule, stopping and batching options are ignored.
+        Default: the study's (``Stage1Settings.preset("study")``).
 
     Returns
     -------

@@ -31,7 +31,10 @@ from typing import Any
 from attacks.features.objective import DISTANCE_CHOICES, DISTANCES, TV_REDUCTIONS
 from fedspeech.errors import ConfigError
 
-__all__ = ["Stage1Settings", "setting_name"]
+__all__ = ["PRESETS", "Stage1Settings", "setting_name"]
+
+# fedspeech's first step size (the study's step is constant: PRESETS["study"]).
+_LR_START = 0.1
 
 # The largest seed (32 bits, what every seeded library accepts).
 _SEED_MAX = 2**32 - 1
@@ -55,6 +58,13 @@ def setting_name(settings: Any, name: str) -> str:
     return str(meta.get("flag", "--" + name.replace("_", "-")))
 
 
+#: Stage-1 values of a named preset where they differ from fedspeech's defaults.
+#: ``"study"``: Li, Zhang and Liu's settings (a constant Adam step of 0.01), from which
+#: fedspeech's default differs only by the step schedule (from 0.1 down to 0.001, chosen on
+#: ``benchmarks/bench_attack.py``'s three draws; see docs/results/attack_throughput.md).
+PRESETS: dict[str, dict[str, Any]] = {"study": {"lr_start": None, "lr": 0.01}}
+
+
 @dataclass(frozen=True)
 class Stage1Settings:
     """How stage 1 searches for the features behind a gradient; checked on construction.
@@ -68,10 +78,12 @@ class Stage1Settings:
     restarts : int
         Independent starts per target; the best by matching loss is kept.
     lr : float
-        Adam step size (the study's, constant).
+        Adam step size: the last of the schedule (0.001), or the constant step when
+        ``lr_start`` is None (the study's 0.01, :data:`PRESETS` ``"study"``).
     lr_start : float or None
-        None (the study's constant step) or a larger first step size, multiplied by
-        ``lr_decay`` at each plateau of ``decay_patience`` steps down to ``lr``.
+        The first step size of each restart (0.1), multiplied by ``lr_decay`` at each
+        plateau of ``decay_patience`` steps down to ``lr``; None (or ``lr``) keeps the step
+        constant.
     extra_restarts : int
         Restarts beyond ``restarts`` (not the study's; 0 by default) for a target none of
         whose restarts reached ``skip_below``, from further random starts, while its steps
@@ -111,6 +123,9 @@ class Stage1Settings:
         Factor in (0, 1) applied to the step size at each plateau (with ``lr_start``).
     decay_patience : int
         Steps without a relative ``tol`` improvement before the step size is decreased.
+    decay_from_best : bool
+        At each decrease, continue from the restart's best iterate with Adam's moments
+        reset (True), or from the current iterate with its moments (False).
     seed : int
         Seeds the random starts (restart ``k`` of every target starts from the same draw
         for the same seed).
@@ -126,12 +141,18 @@ class Stage1Settings:
 
     iterations: int = field(default=8000, metadata={"help": "stage-1 steps per restart"})
     restarts: int = field(default=2, metadata={"help": "stage-1 restarts"})
-    lr: float = field(default=0.01, metadata={"help": "stage-1 Adam step size"})
-    lr_start: float | None = field(
-        default=None,
+    lr: float = field(
+        default=0.001,
         metadata={
-            "help": "start each restart at this larger step size, divided by 3.3 at each "
-            "plateau down to --lr (faster than the study's constant step; e.g. 0.1)"
+            "help": "stage-1 Adam step size: the schedule's last, or the constant step with "
+            "--preset study (0.01)"
+        },
+    )
+    lr_start: float | None = field(
+        default=_LR_START,
+        metadata={
+            "help": "start each restart at this step size, divided by 3.3 at each plateau "
+            "down to --lr (fedspeech's schedule; --preset study: the study's constant step)"
         },
     )
     extra_restarts: int = field(
@@ -167,6 +188,7 @@ class Stage1Settings:
     check_every: int = 10
     lr_decay: float = 0.3
     decay_patience: int = 150
+    decay_from_best: bool = True
     seed: int = field(default=0, metadata={"help": "seed of the random starts"})
 
     def __post_init__(self) -> None:
@@ -177,9 +199,17 @@ class Stage1Settings:
         if not self.lr > 0:
             raise ConfigError(f"{self._name('lr')} must be positive, got {self.lr}")
         if self.lr_start is not None and not self.lr_start >= self.lr:
+            # The default start is below a large --lr: say how to get either schedule.
+            default = self.lr_start == _LR_START
             raise ConfigError(
                 f"{self._name('lr_start')} must be at least {self._name('lr')} ({self.lr}), "
                 f"got {self.lr_start}"
+                + (
+                    f" (its default; give {self._name('lr_start')} at least {self.lr}, or "
+                    "--preset study for a constant step)"
+                    if default
+                    else ""
+                )
             )
         if not 0.0 < self.lr_decay < 1.0:
             raise ConfigError(f"{self._name('lr_decay')} must be in (0, 1), got {self.lr_decay}")
@@ -207,6 +237,20 @@ class Stage1Settings:
         value = getattr(self, name)
         if value < low:
             raise ConfigError(f"{self._name(name)} must be at least {low}, got {value}")
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> Stage1Settings:
+        """The settings of the preset ``name`` (:data:`PRESETS`), with ``changes`` on top.
+
+        Examples
+        --------
+        >>> s = Stage1Settings.preset("study", iterations=100)
+        >>> s.lr_start, s.lr, s.iterations
+        (None, 0.01, 100)
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
 
     @property
     def first_lr(self) -> float:

@@ -25,6 +25,8 @@ def audit_settings(cfg: SimConfig, rounds: list[int] | None) -> AuditSettings:
     given: dict[str, Any] = {"rounds": rounds, "threads": cfg.audit_threads or None}
     if cfg.audit_iterations is not None:
         given["iterations"] = cfg.audit_iterations
+    if cfg.audit_preset is not None:
+        given["preset"] = cfg.audit_preset
     return AuditSettings(seed=cfg.seed, **given)
 
 

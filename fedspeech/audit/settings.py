@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from attacks.features import Stage1Settings, setting_name
+from attacks.features import PRESETS, Stage1Settings, setting_name
 from attacks.labels import LABEL_METHODS
 from attacks.scoring import SPEAKER_MODELS
 from attacks.target import DUAL_PATH_MODELS, UPDATE_MODELS
@@ -72,6 +72,10 @@ class AuditSettings:
         restart, restarts, Adam step size, a larger first step size decreased at plateaus
         down to ``lr`` (None: the study's constant step), restarts for a capture none of
         whose restarts converged, total-variation weight and reduction, gradient distance.
+    preset : str or None
+        A key of :data:`attacks.features.PRESETS` (``"study"``): its stage-1 fields take the
+        preset's values. A field the preset sets must be left at its default or given the
+        preset's value, else the settings conflict (a ConfigError).
     dual_path : str
         How a dual-path keyword update is matched (:data:`attacks.target.DUAL_PATH_MODELS`):
         ``"expected"`` (the mean of the clean and the expected-mask gradient) or ``"clean"``.
@@ -128,6 +132,15 @@ class AuditSettings:
     tv_weight: float = _stage1_field("tv_weight")
     tv_reduction: str = _stage1_field("tv_reduction")
     distance: str = _stage1_field("distance")
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "study: Li, Zhang and Liu's exact stage-1 settings (a constant step "
+            "size) instead of fedspeech's faster schedule",
+            "choices": tuple(PRESETS),
+            "group": "stage1",
+        },
+    )
     dual_path: str = field(
         default="expected",
         metadata={
@@ -227,6 +240,7 @@ class AuditSettings:
     content_max_clips: int = 5000
 
     def __post_init__(self) -> None:
+        self._apply_preset()
         self.stage1  # noqa: B018 -- builds Stage1Settings, which checks the stage-1 fields
         for name in (
             "griffin_lim_iters",
@@ -265,6 +279,22 @@ class AuditSettings:
         if value < low:
             raise ConfigError(f"{setting_name(self, name)} must be at least {low}, got {value}")
 
+    def _apply_preset(self) -> None:
+        """Give the preset's fields its values (a frozen dataclass: set once, here)."""
+        if self.preset is None:
+            return
+        if self.preset not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise ConfigError(f"--preset must be one of {known}, got {self.preset!r}")
+        for name, value in PRESETS[self.preset].items():
+            current = getattr(self, name)
+            if current != value and current != _STAGE1[name].default:
+                raise ConfigError(
+                    f"--preset {self.preset} sets {setting_name(self, name)} to {value}; "
+                    f"it conflicts with {setting_name(self, name)} {current}"
+                )
+            object.__setattr__(self, name, value)
+
     def _each_at_least(self, name: str, low: int) -> None:
         """Every entry of the list setting ``name`` (None: all) is at least ``low``."""
         bound = "not be negative" if low == 0 else f"be at least {low}"
@@ -281,8 +311,13 @@ class AuditSettings:
         """The settings a stage-1 reconstruction depends on (its resume files' key)."""
         keys = ("iterations", "restarts", "lr", "tv_weight", "distance", "label_method", "seed")
         key = {"version": CACHE_VERSION, **{k: getattr(self, k) for k in keys}}
-        if self.lr_start is not None:  # absent by default, so older caches stay valid
+        # Absent for the study's constant step (the default before 2026-12-03, now
+        # --preset study), so caches made with it stay valid for it.
+        if self.lr_start is not None:
             key["lr_start"] = self.lr_start
+            # Since 2026-12-03 a decrease continues from the best iterate with fresh moments
+            # (Stage1Settings.decay_from_best): schedules cached before are made again.
+            key["lr_schedule"] = "from-best"
         if self.extra_restarts:
             key["extra_restarts"] = self.extra_restarts
         # Dual-path updates were matched as clean gradients before the option existed.

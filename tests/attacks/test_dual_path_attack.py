@@ -133,7 +133,7 @@ def test_the_two_path_model_fits_a_dual_path_update_where_the_clean_one_does_not
     assert _matching(clean, x, y) > 1e-4 * scale
     labels = recover_labels(target)
     assert labels.tolist() == [2]
-    opts = Stage1Settings(iterations=1000, restarts=1, patience=10**6)
+    opts = Stage1Settings.preset("study", iterations=1000, restarts=1, patience=10**6)
     # The batched loop runs the same two-path objective as the plain loop.
     plain = reconstruct_plain(target, labels, dataclasses.replace(opts, iterations=40))
     fast = reconstruct([target], [labels], dataclasses.replace(opts, iterations=40))[0]

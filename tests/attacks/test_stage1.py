@@ -228,7 +228,9 @@ def test_plain_recovers_features(model: torch.nn.Module, source: str) -> None:
     x = speech_like(1, 3) if source == "synthetic" else fsdd_features()
     target = make_target(model, x, torch.tensor([3]))
     labels = recover_labels(target)
-    rec = reconstruct_plain(target, labels, Stage1Settings(iterations=300, restarts=1))
+    rec = reconstruct_plain(
+        target, labels, Stage1Settings.preset("study", iterations=300, restarts=1)
+    )
     start = initial_features((1, *SHAPE), seed=0, restart=0)
     assert rec.features.shape == (1, *SHAPE) and rec.labels.tolist() == [3]
     assert (rec.iterations, rec.restarts_run) == (300, 1)
@@ -244,7 +246,7 @@ def test_batched_matches_each_alone(model: torch.nn.Module) -> None:
         make_target(other, speech_like(1, 12), torch.tensor([4])),
     ]
     labels = [recover_labels(t) for t in targets]
-    opts = Stage1Settings(iterations=40, restarts=1, patience=10**6)
+    opts = Stage1Settings.preset("study", iterations=40, restarts=1, patience=10**6)
     seen: list[tuple[int, int]] = []
     batched = reconstruct(targets, labels, opts, progress=lambda i, n: seen.append((i, n)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
@@ -269,11 +271,15 @@ def test_mixed_batch_sizes(model: torch.nn.Module) -> None:
     ]
     labels = [recover_labels(t) for t in targets]
     assert [y.tolist() for y in labels] == [[1, 4], [3], [5, 5]]
-    recs = reconstruct(targets, labels, Stage1Settings(iterations=20, restarts=1, patience=10**6))
+    recs = reconstruct(
+        targets, labels, Stage1Settings.preset("study", iterations=20, restarts=1, patience=10**6)
+    )
     assert [tuple(r.features.shape) for r in recs] == [(2, *SHAPE), (1, *SHAPE), (2, *SHAPE)]
     # With two samples the last layer's gradient is a sum of two outer products.
     (full,) = reconstruct(
-        targets[:1], labels[:1], Stage1Settings(iterations=20, restarts=1, factored=False)
+        targets[:1],
+        labels[:1],
+        Stage1Settings.preset("study", iterations=20, restarts=1, factored=False),
     )
     torch.testing.assert_close(full.features, recs[0].features, atol=1e-3, rtol=0)
 
@@ -283,7 +289,7 @@ def test_early_stop_and_restart_skip(model: torch.nn.Module) -> None:
     target = make_target(model, x, torch.tensor([8]))
     labels = [recover_labels(target)]
     # Easy: stop at 3 % of the zero-gradient loss and call that near zero (no restart).
-    easy = Stage1Settings(iterations=3000, floor=3e-2, skip_below=3e-2)
+    easy = Stage1Settings.preset("study", iterations=3000, floor=3e-2, skip_below=3e-2)
     (rec,) = reconstruct([target], labels, easy)
     scale = sum(float(g.square().sum()) for g in target.grads.values())
     start = initial_features((1, *SHAPE), seed=0, restart=0)
@@ -291,7 +297,9 @@ def test_early_stop_and_restart_skip(model: torch.nn.Module) -> None:
     assert rec.restarts_run == 1 and rec.iterations < 1000
     assert mse(rec.features, x) < 0.1 * mse(start, x)
     # A plateau that is not near zero stops the restart but runs the next one.
-    (rec,) = reconstruct([target], labels, Stage1Settings(iterations=3000, tol=0.5, patience=10))
+    (rec,) = reconstruct(
+        [target], labels, Stage1Settings.preset("study", iterations=3000, tol=0.5, patience=10)
+    )
     assert rec.restarts_run == 2 and rec.iterations < 300
 
 
@@ -299,7 +307,7 @@ def test_extra_restarts_stay_within_the_plain_budget(model: torch.nn.Module) -> 
     target = make_target(model, speech_like(1, 4), torch.tensor([8]))
     labels = [recover_labels(target)]
     # Every restart plateaus (tol 0.5 over 20 steps) far from zero.
-    stuck = Stage1Settings(iterations=100, restarts=2, tol=0.5, patience=20)
+    stuck = Stage1Settings.preset("study", iterations=100, restarts=2, tol=0.5, patience=20)
     (two,) = reconstruct([target], labels, stuck)
     (more,) = reconstruct([target], labels, dataclasses.replace(stuck, extra_restarts=50))
     assert two.restarts_run == 2
@@ -308,7 +316,9 @@ def test_extra_restarts_stay_within_the_plain_budget(model: torch.nn.Module) -> 
     assert 200 - 20 < more.iterations <= 200
     assert more.matching_loss <= two.matching_loss  # the first two restarts are the same
     # A target whose first restart reaches near zero runs no further one.
-    settings = Stage1Settings(iterations=3000, floor=3e-2, skip_below=3e-2, extra_restarts=3)
+    settings = Stage1Settings.preset(
+        "study", iterations=3000, floor=3e-2, skip_below=3e-2, extra_restarts=3
+    )
     (easy,) = reconstruct([target], labels, settings)
     assert easy.restarts_run == 1
     with pytest.raises(ConfigError, match="--extra-restarts must not be negative, got -1"):
@@ -320,7 +330,7 @@ def test_plateau_clock_survives_batch_changes(model: torch.nn.Module) -> None:
     # the others' plateau rule must still count from their own last improvement.
     targets = [make_target(model, speech_like(1, 30 + k), torch.tensor([k])) for k in range(4)]
     labels = [recover_labels(t) for t in targets]
-    stuck = Stage1Settings(iterations=400, restarts=3, tol=0.2, patience=20)
+    stuck = Stage1Settings.preset("study", iterations=400, restarts=3, tol=0.2, patience=20)
     together = reconstruct(targets, labels, dataclasses.replace(stuck, max_batch=4))
     alone = [reconstruct([t], [y], stuck)[0] for t, y in zip(targets, labels, strict=True)]
     assert [r.restarts_run for r in together] == [3] * 4
@@ -332,7 +342,7 @@ def test_distances_and_bad_settings(model: torch.nn.Module) -> None:
     assert DISTANCES.names() == ["cosine", "l2"]
     target = make_target(model, speech_like(1, 5), torch.tensor([0]))
     y = torch.tensor([0])
-    cosine = Stage1Settings(iterations=5, restarts=1, distance="cosine")
+    cosine = Stage1Settings.preset("study", iterations=5, restarts=1, distance="cosine")
     plain = reconstruct_plain(target, y, cosine)
     (fast,) = reconstruct([target], [y], cosine)
     assert 0.0 <= fast.matching_loss <= 2.0 and 0.0 <= plain.matching_loss <= 2.0
@@ -350,7 +360,9 @@ def test_tv_reduction_is_a_rescaled_weight(model: torch.nn.Module) -> None:
     target = make_target(model, speech_like(1, 7), torch.tensor([2]))
     y = torch.tensor([2])
     w = 0.5  # large, so that a wrongly reduced TV would change the trajectory
-    mean = Stage1Settings(iterations=30, restarts=1, tv_weight=w, tv_reduction="mean")
+    mean = Stage1Settings.preset(
+        "study", iterations=30, restarts=1, tv_weight=w, tv_reduction="mean"
+    )
     summed = dataclasses.replace(mean, tv_weight=w / 56, tv_reduction="sum")
     pm = reconstruct_plain(target, y, mean)
     ps = reconstruct_plain(target, y, summed)
@@ -377,7 +389,7 @@ def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module)
         assert i not in got  # once per target
         got[i] = rec
 
-    opts = Stage1Settings(iterations=60, restarts=1, patience=10**6)
+    opts = Stage1Settings.preset("study", iterations=60, restarts=1, patience=10**6)
     recs = reconstruct(targets, labels, opts, on_result=on_result)
     assert sorted(got) == [0, 1]
     for i, rec in enumerate(recs):
@@ -388,7 +400,7 @@ def test_results_are_handed_over_as_each_target_finishes(model: torch.nn.Module)
 def test_worker_processes_give_the_same_results(model: torch.nn.Module) -> None:
     targets = [make_target(model, speech_like(1, 40 + k), torch.tensor([k])) for k in range(3)]
     labels = [recover_labels(t) for t in targets]
-    opts = Stage1Settings(iterations=40, restarts=2, patience=10**6)
+    opts = Stage1Settings.preset("study", iterations=40, restarts=2, patience=10**6)
     alone = reconstruct(targets, labels, opts)
     seen: list[int] = []
     handed: dict[int, Any] = {}
@@ -414,16 +426,23 @@ def test_step_size_schedule_converges_sooner(model: torch.nn.Module) -> None:
     x = speech_like(1, 6)
     target = make_target(model, x, torch.tensor([3]))
     labels = [recover_labels(target)]
-    opts = Stage1Settings(iterations=3000, restarts=1, patience=100, decay_patience=50)
+    opts = Stage1Settings.preset(
+        "study", iterations=3000, restarts=1, patience=100, decay_patience=50
+    )
     (const,) = reconstruct([target], labels, opts)
-    (sched,) = reconstruct([target], labels, dataclasses.replace(opts, lr_start=0.1))
+    # fedspeech's default: from 0.1 down to 0.001.
+    sched_opts = dataclasses.replace(opts, lr_start=0.1, lr=0.001)
+    assert sched_opts == Stage1Settings(
+        iterations=3000, restarts=1, patience=100, decay_patience=50
+    )
+    (sched,) = reconstruct([target], labels, sched_opts)
     # The constant step runs out its patience at the study's 0.01 as well, so the schedule
     # only wins if its larger first steps reach the plateau sooner.
     assert sched.iterations < 0.7 * const.iterations, (sched.iterations, const.iterations)
     assert sched.matching_loss <= 2 * const.matching_loss
     assert mse(sched.features, x) <= 2 * mse(const.features, x)
     with pytest.raises(ConfigError, match=r"--lr-start must be at least --lr \(0.01\)"):
-        Stage1Settings(lr_start=0.001)
+        Stage1Settings(lr=0.01, lr_start=0.001)
     with pytest.raises(ConfigError, match=r"Stage1Settings.lr_decay must be in \(0, 1\)"):
         Stage1Settings(lr_start=0.1, lr_decay=1.5)
 
@@ -456,7 +475,9 @@ def test_layer_step_is_the_vmap_step(model: torch.nn.Module, distance: str) -> N
     dist = DISTANCES.get(distance)
     assert _Group(targets, labels, dist, 1e-3, "mean", True).layerwise
     assert not _Group(targets, labels, dist, 1e-3, "mean", True, layerwise=False).layerwise
-    opts = Stage1Settings(iterations=30, restarts=1, patience=10**6, distance=distance)
+    opts = Stage1Settings.preset(
+        "study", iterations=30, restarts=1, patience=10**6, distance=distance
+    )
     fast = reconstruct(targets, labels, opts)
     slow = reconstruct(targets, labels, dataclasses.replace(opts, layerwise=False))
     for a, b in zip(fast, slow, strict=True):
@@ -477,7 +498,7 @@ def test_layer_step_only_where_it_is_exact(centre: bool, norm: bool) -> None:
     group = _Group(targets, labels, DISTANCES.get("l2"), 1e-3, "mean", True)
     # The batch-centring model passes the structural test but fails the numeric check.
     assert group.layerwise == (not centre and not norm)
-    opts = Stage1Settings(iterations=20, restarts=1, patience=10**6)
+    opts = Stage1Settings.preset("study", iterations=20, restarts=1, patience=10**6)
     got = reconstruct(targets, labels, opts)
     for t, lab, g in zip(targets, labels, got, strict=True):
         (alone,) = reconstruct([t], [lab], dataclasses.replace(opts, layerwise=False))
@@ -540,7 +561,7 @@ def test_a_pruned_update_is_matched_on_its_kept_entries(model: torch.nn.Module) 
     assert float(l2(true, ref)) > 1e-3
     unmasked_target = dataclasses.replace(target, mask=None)
     # The batched loop applies the same mask: it follows the plain loop's trajectory.
-    opts = Stage1Settings(iterations=40, restarts=1, patience=10**6)
+    opts = Stage1Settings.preset("study", iterations=40, restarts=1, patience=10**6)
     plain = reconstruct_plain(target, y, opts)
     fast = reconstruct([target], [y], opts)[0]
     assert float((plain.features - fast.features).abs().max()) < 0.05
@@ -563,3 +584,49 @@ def test_an_update_under_a_cosine_schedule_is_scaled_by_its_rounds_rate(
     target = target_from_capture(cap)
     for name, g in grads.items():
         torch.testing.assert_close(target.grads[name], g, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.slow
+@needs_fsdd
+def test_default_schedule_reaches_the_floor_where_the_old_one_stalled() -> None:
+    """The schedule goes back to its best iterate, with fresh Adam moments, at each decrease
+    of the step size, and decreases it down to 0.001.
+
+    Two FSDD clips (clips 0 and 3 of ``benchmarks/bench_attack.py``'s first draw: Mel, the
+    keyword CNN at its initial weights, one restart each). The schedule as it was before
+    2026-12-03 (from the current iterate, down to 0.01) stalls on both at a relative
+    matching loss near 1e-4 and stops on the plateau rule. Going back to the best iterate
+    brings clip 0 to the floor (1e-7); clip 3 needs the smaller last step as well.
+    """
+    from fedspeech.data.audio import read_clip, resample
+    from fedspeech.data.corpus import fix_length
+    from fedspeech.frontends import build_frontend
+    from fedspeech.tasks.prepare import peak_normalize
+
+    clips = {"8_yweweler_4.wav": 8, "0_theo_0.wav": 0}
+    waves = []
+    for name in clips:
+        wave, sr = read_clip(FSDD / "recordings" / name)
+        waves.append(fix_length(resample(wave, sr, 16000)))
+    x = build_frontend("mel")(torch.from_numpy(peak_normalize(np.stack(waves))))
+    torch.manual_seed(0)
+    net = build_model("kws-cnn")
+    params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    targets, scale = [], []
+    for i, digit in enumerate(clips.values()):
+        grads = compute_gradient(net, x[i : i + 1], torch.tensor([digit]))
+        targets.append(AttackTarget(net, params, grads, "gradient", 1))
+        scale.append(sum(float(g.double().square().sum()) for g in grads.values()))
+    labels = [recover_labels(t) for t in targets]
+
+    def relative_losses(settings: Stage1Settings) -> list[float]:
+        recs = reconstruct(targets, labels, settings)
+        return [r.matching_loss / s for r, s in zip(recs, scale, strict=True)]
+
+    default = Stage1Settings(restarts=1)
+    old = relative_losses(dataclasses.replace(default, lr=0.01, decay_from_best=False))
+    from_best = relative_losses(dataclasses.replace(default, lr=0.01))
+    new = relative_losses(default)
+    assert min(old) > 1e-5, old
+    assert from_best[0] < 1e-6, from_best
+    assert max(new) < 1e-6, new

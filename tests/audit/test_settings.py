@@ -81,6 +81,20 @@ def test_stage1_fields_are_stage1_settings() -> None:
         ({"rounds": [2, 0]}, "--round must be at least 1, got 0"),
         ({"clients": [-1]}, "--client must not be negative, got -1"),
         ({"lr": 0.1, "lr_start": 0.05}, "--lr-start must be at least --lr (0.1), got 0.05"),
+        (
+            {"preset": "study", "lr": 0.02},
+            "--preset study sets --lr to 0.01; it conflicts with --lr 0.02",
+        ),
+        (
+            {"lr": 0.5},
+            "--lr-start must be at least --lr (0.5), got 0.1 (its default; give --lr-start at "
+            "least 0.5, or --preset study for a constant step)",
+        ),
+        ({"preset": "fast"}, "--preset must be one of study, got 'fast'"),
+        (
+            {"preset": "study", "lr_start": 0.2},
+            "--preset study sets --lr-start to None; it conflicts with --lr-start 0.2",
+        ),
         ({"chunk": 0}, "--chunk must be at least 1, got 0"),
         ({"threads": 0}, "--threads must be at least 1, got 0"),
         ({"max_samples": 0}, "--max-samples must be at least 1, got 0"),
@@ -105,3 +119,37 @@ def test_bad_settings_name_a_real_flag_or_the_setting(
     flag = message.split()[0]
     if flag.startswith("--"):
         assert flag in audit_options()
+
+
+def test_preset_study_is_the_study_constant_step() -> None:
+    default, study = AuditSettings(), AuditSettings(preset="study", iterations=300)
+    assert (default.stage1.first_lr, default.lr) == (0.1, 0.001)
+    # Only the step sizes differ; the preset's other fields stay as given.
+    assert (study.lr_start, study.stage1.first_lr, study.iterations) == (None, 0.01, 300)
+    same = AuditSettings(iterations=300, lr_start=None, lr=0.01)
+    assert dataclasses.replace(study, preset=None) == same
+    assert study.stage1 == Stage1Settings.preset("study", iterations=300)
+    # Caches made with the study's constant step (no "lr_start" key) stay valid for it.
+    assert "lr_start" not in study.stage1_key()
+    assert default.stage1_key()["lr_start"] == 0.1
+    # Giving the preset's own value is no conflict.
+    assert AuditSettings(preset="study", lr_start=None, lr=0.01).lr_start is None
+
+
+def test_preset_is_a_flag_of_audit_and_a_key_of_simulate() -> None:
+    from attacks.features import PRESETS
+    from fedspeech.audit.rounds import audit_settings
+    from fedspeech.cli import settings_from_args
+    from fedspeech.config import SimConfig, settings_of
+
+    parser = build_parser()
+    args = parser.parse_args(["audit", "runs/x", "--preset", "study", "--iterations", "20"])
+    settings = AuditSettings(**settings_from_args(args, AuditSettings))
+    assert (settings.preset, settings.lr_start, settings.iterations) == ("study", None, 20)
+    info = {i.name: i for i in settings_of(SimConfig)}["audit_preset"]
+    assert info.choices == tuple(PRESETS)
+    cfg = SimConfig.from_mapping({"audit": True, "audit_preset": "study"})
+    assert audit_settings(cfg, None).lr_start is None
+    assert audit_settings(SimConfig(), None).lr_start == 0.1
+    with pytest.raises(ConfigError, match="unknown preset 'fast'; known: study"):
+        Stage1Settings.preset("fast")
