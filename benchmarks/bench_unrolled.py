@@ -76,8 +76,9 @@ def _one(job: dict[str, Any], queue: Any) -> None:
     )  # fmt: skip
     target = target_from_capture(cap, update_model=job["model"])
     it = job["iterations"]
-    settings = Stage1Settings(
-        iterations=it, restarts=1, patience=it + 1, floor=0.0, skip_below=0.0, lr_start=None
+    # The study's constant step: every job runs exactly ``it`` steps.
+    settings = Stage1Settings.preset(
+        "study", iterations=it, restarts=1, patience=it + 1, floor=0.0, skip_below=0.0
     )
     before = _rss_mb()
     t0 = time.perf_counter()
