@@ -769,7 +769,7 @@ def _optimise(group: _Group, s: Stage1Settings, jobs: list[_Job]) -> set[_Job]:
         if s.first_lr > s.lr:
             decay = (lr > final_lr) & (steps - mark_step >= s.decay_patience)
             lr = torch.where(decay, (lr * s.lr_decay).clamp(min=s.lr), lr)
-            if s.decay_from_best:
+            if s.decay_from_best and bool(decay.any()):
                 # The smaller step continues from the best iterate with fresh moments: a
                 # large step can leave the basin of its best point and never return to it,
                 # and moments from the large steps would shrink the small ones.

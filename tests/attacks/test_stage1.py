@@ -594,9 +594,9 @@ def test_default_schedule_reaches_the_floor_where_the_old_one_stalled() -> None:
 
     Two FSDD clips (clips 0 and 3 of ``benchmarks/bench_attack.py``'s first draw: Mel, the
     keyword CNN at its initial weights, one restart each). The schedule as it was before
-    2026-12-03 (from the current iterate, down to 0.01) stalls on both at a relative
-    matching loss near 1e-4 and stops on the plateau rule. Going back to the best iterate
-    brings clip 0 to the floor (1e-7); clip 3 needs the smaller last step as well.
+    2026-12-03 (from the current iterate, down to 0.01) stalls on both above a relative
+    matching loss of 1e-5 and stops on the plateau rule. Going back to the best iterate
+    brings clip 0 below 1e-6; clip 3 needs the smaller last step as well.
     """
     from fedspeech.data.audio import read_clip, resample
     from fedspeech.data.corpus import fix_length
