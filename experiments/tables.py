@@ -227,6 +227,33 @@ def unrolled(runs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
+def starts(runs: Sequence[Path]) -> str:
+    """Per update run RUN: the unrolled model from a random start (RUN-random) and from the
+    averaged pass's clips (RUN-averaged), as experiments/unrolled_start.sh makes them."""
+    head = (
+        "| shared | batch | first restart starts | n | label acc. | matching loss per capture "
+        "| F-MSE | PESQ-NB | STOI | STOI ≥ 0.6 | stage-1 s per capture |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for run in runs:
+        cfg, _ = read_run(run.with_name(run.name + "-random"))
+        for start in ("random", "averaged"):
+            path = run.with_name(f"{run.name}-{start}")
+            _, rows = read_run(path)
+            good = sum(1 for v in values(rows, "stoi") if v >= 0.6)
+            # One matching loss per capture (every row of a capture repeats it).
+            losses = {r["capture"]: float(r["matching_loss"]) for r in rows}
+            loss = ", ".join(f"{losses[c]:.3g}" for c in sorted(losses))
+            lines.append(
+                f"| {shared(cfg)} | {cfg['batch-size']} | {start} | {len(rows)} "
+                f"| {mean(rows, 'label_correct'):.2f} | {loss} | {cell(rows, 'f_mse', '.1e')} "
+                f"| {cell(rows, 'pesq_nb')} | {cell(rows, 'stoi')} | {good}/{len(rows)} "
+                f"| {_stage1_seconds(path):.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def random_guess(run: Path, rows: Sequence[Row]) -> dict[str, str]:
     """Mean F-MSE, PESQ-NB and STOI of seeded start noise against the audited originals."""
     import numpy as np
@@ -345,6 +372,7 @@ TABLES: dict[str, Callable[[Sequence[Path]], str]] = {
     "table3": table3,
     "sweep": sweep,
     "unrolled": unrolled,
+    "starts": starts,
     "waveform": waveform,
 }
 

@@ -8,7 +8,8 @@
 # times with the same stage-1 settings ($STAGE1): unrolled (RUN; --distance auto, i.e.
 # cosine), averaged with the study's l2 (a copy, RUN-avg: the audit before the unrolled
 # model) and with cosine (RUN-avgcos), and the gradient of the same clips (RUN-grad, l2,
-# experiments/same_clips_gradient.py).
+# experiments/same_clips_gradient.py). ROWS picks rows (default: all five); UNROLLED adds
+# flags to the unrolled audit only (e.g. "--unrolled-start random").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FSDD=${1:-../shared/data/fsdd}
@@ -16,6 +17,8 @@ OUT=${2:-runs/unrolled}
 FS=${FEDSPEECH:-fedspeech}
 PY=${PYTHON:-python}
 STAGE1=${STAGE1:---iterations 4000 --restarts 1 --lr-start 0.1 --workers 2}
+ROWS=${ROWS:-u2 u4 u8 b4x2 b4x4}
+UNROLLED=${UNROLLED:-}
 mkdir -p "$OUT"
 
 row() {  # row NAME SIMULATE-ARGS...
@@ -30,7 +33,7 @@ row() {  # row NAME SIMULATE-ARGS...
   done
   [ -d "$run-grad" ] || $PY -m experiments.same_clips_gradient "$run" "$run-grad"
   # shellcheck disable=SC2086
-  $FS audit "$run" $STAGE1 --update-model unrolled --quiet
+  $FS audit "$run" $STAGE1 --update-model unrolled $UNROLLED --quiet
   # shellcheck disable=SC2086
   $FS audit "$run-avg" $STAGE1 --update-model averaged --distance l2 --quiet
   # shellcheck disable=SC2086
@@ -39,9 +42,18 @@ row() {  # row NAME SIMULATE-ARGS...
   $FS audit "$run-grad" $STAGE1 --quiet
 }
 
-row u4 --local-steps 4 --batch-size 1 --clients 2
-row u2 --local-steps 2 --batch-size 1 --clients 2
-row u8 --local-steps 8 --batch-size 1 --clients 2
-row b4x2 --local-steps 2 --batch-size 4 --clients 1
-row b4x4 --local-steps 4 --batch-size 4 --clients 1
-$PY experiments/tables.py unrolled "$OUT/u2" "$OUT/u4" "$OUT/u8" "$OUT/b4x2" "$OUT/b4x4"
+declare -A ARGS=(
+  [u2]="--local-steps 2 --batch-size 1 --clients 2"
+  [u4]="--local-steps 4 --batch-size 1 --clients 2"
+  [u8]="--local-steps 8 --batch-size 1 --clients 2"
+  [b4x2]="--local-steps 2 --batch-size 4 --clients 1"
+  [b4x4]="--local-steps 4 --batch-size 4 --clients 1"
+)
+runs=()
+for name in $ROWS; do
+  [ -n "${ARGS[$name]:-}" ] || { echo "unrolled_fsdd.sh: unknown row $name; known: ${!ARGS[*]}" >&2; exit 2; }
+  # shellcheck disable=SC2086
+  row "$name" ${ARGS[$name]}
+  runs+=("$OUT/$name")
+done
+$PY experiments/tables.py unrolled "${runs[@]}"

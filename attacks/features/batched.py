@@ -366,6 +366,8 @@ class _Group:
         layerwise: bool = True,
     ) -> None:
         self.targets = targets
+        # Per target, where its first restart starts (None: a seeded random draw).
+        self.starts: list[torch.Tensor | None] = [None] * len(targets)
         self.names = names = list(targets[0].grads)
         self.device = targets[0].params[names[0]].device
         self.shared = _same_params(targets)
@@ -605,7 +607,7 @@ def reconstruct_batched(
         groups.setdefault(_group_key(t), []).append(i)
     outcomes = [_Outcome() for _ in targets]
     # Replayed updates: which label trained at which step (step_order); its cost is counted.
-    labels, ordering = order_labels(targets, labels, settings, reconstruct_batched)
+    labels, ordering, ordered_clips = order_labels(targets, labels, settings, reconstruct_batched)
     for i, (steps, seconds) in ordering.items():
         outcomes[i].iterations += steps
         outcomes[i].before = seconds
@@ -640,6 +642,8 @@ def reconstruct_batched(
             settings.factored,
             settings.layerwise,
         )
+        if settings.unrolled_start == "averaged":
+            group.starts = [ordered_clips.get(i) for i in members]
         _run_group(group, settings, [outcomes[i] for i in members], members, report)
         share = (time.perf_counter() - start) / len(members)
         for i in members:
@@ -664,7 +668,13 @@ def _new_job(
     group: _Group, k: int, restart: int, s: Stage1Settings, cap: int | None = None
 ) -> _Job:
     t = group.targets[k]
-    u = initial_features((t.batch_size, *t.input_shape), s.seed, restart, group.device, t.init_std)
+    start = group.starts[k] if restart == 0 else None
+    if start is not None:
+        u = start.detach().clone().to(group.device)
+    else:
+        u = initial_features(
+            (t.batch_size, *t.input_shape), s.seed, restart, group.device, t.init_std
+        )
     return _Job(
         target=k,
         restart=restart,

@@ -31,10 +31,13 @@ from typing import Any
 from attacks.features.objective import DISTANCE_CHOICES, DISTANCES, TV_REDUCTIONS
 from fedspeech.errors import ConfigError
 
-__all__ = ["PRESETS", "Stage1Settings", "setting_name"]
+__all__ = ["PRESETS", "UNROLLED_STARTS", "Stage1Settings", "setting_name"]
 
 # fedspeech's first step size (the study's step is constant: PRESETS["study"]).
 _LR_START = 0.1
+
+#: Where a replayed update's first restart starts (``Stage1Settings.unrolled_start``).
+UNROLLED_STARTS = ("random", "averaged")
 
 # The largest seed (32 bits, what every seeded library accepts).
 _SEED_MAX = 2**32 - 1
@@ -126,6 +129,14 @@ class Stage1Settings:
     decay_from_best : bool
         At each decrease, continue from the restart's best iterate with Adam's moments
         reset (True), or from the current iterate with its moments (False).
+    unrolled_start : str
+        Where the first restart of a replayed update starts (:data:`UNROLLED_STARTS`):
+        ``"random"``, a seeded draw as for every other restart, or ``"averaged"`` (the
+        default since 2026-12-03; docs/results/unrolled.md), the clips
+        the averaged pass that puts the labels in step order ended at
+        (:mod:`attacks.features.step_order`), in that order. That pass runs for updates of 2
+        to 32 clips with more than one distinct label; other updates, and later restarts,
+        start at random.
     seed : int
         Seeds the random starts (restart ``k`` of every target starts from the same draw
         for the same seed).
@@ -178,6 +189,14 @@ class Stage1Settings:
             "choices": DISTANCE_CHOICES,
         },
     )
+    unrolled_start: str = field(
+        default="averaged",
+        metadata={
+            "help": "where a replayed update's first restart starts: a seeded random draw, or "
+            "the clips of the averaged pass that put the labels in step order",
+            "choices": UNROLLED_STARTS,
+        },
+    )
     tol: float = 1e-2
     patience: int = 1200
     floor: float = 1e-7
@@ -220,6 +239,11 @@ class Stage1Settings:
         if not 0 <= self.seed <= _SEED_MAX:
             raise ConfigError(f"{self._name('seed')} must be in [0, {_SEED_MAX}], got {self.seed}")
         TV_REDUCTIONS.get(self.tv_reduction)
+        if self.unrolled_start not in UNROLLED_STARTS:
+            raise ConfigError(
+                f"unknown {self._name('unrolled_start')} {self.unrolled_start!r}; "
+                f"known: {', '.join(UNROLLED_STARTS)}"
+            )
         if self.distance != "auto":
             DISTANCES.get(self.distance)
 

@@ -12,7 +12,9 @@ higher matching loss than labels in the client's order).
 ``(clip, label)`` pairs; then the pairs are put in the order whose replayed update is
 closest to the captured one, by best-improvement swaps of two pairs from different steps
 (a local search: ``N^2 / 2`` replays per pass, no optimisation of the clips). The replayed
-attack then starts from fresh random clips with the labels in that order.
+attack then runs with the labels in that order, its first restart starting from fresh random
+clips or, with ``Stage1Settings.unrolled_start == "averaged"``, from the pass's clips in that
+order.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ def order_labels(
     labels: Sequence[torch.Tensor],
     settings: Stage1Settings,
     reconstruct: Reconstruct,
-) -> tuple[list[torch.Tensor], dict[int, tuple[int, float]]]:
-    """Labels in step order for the unrolled targets (others unchanged), and the cost.
+) -> tuple[list[torch.Tensor], dict[int, tuple[int, float]], dict[int, torch.Tensor]]:
+    """Labels in step order for the unrolled targets (others unchanged), the cost, the clips.
 
     Parameters
     ----------
@@ -126,6 +128,10 @@ def order_labels(
         :data:`MAX_ORDERED_CLIPS` clips and more than one distinct label.
     cost : dict[int, tuple[int, float]]
         Per reordered target, the averaged pass's steps and its share of the seconds.
+    clips : dict[int, torch.Tensor]
+        Per reordered target, the averaged pass's clips in the same step order
+        ``(N, *input_shape)``: a start for the replayed attack
+        (``Stage1Settings.unrolled_start``).
     """
     out = list(labels)
     chosen = [
@@ -136,7 +142,7 @@ def order_labels(
         and len(set(labels[i].tolist())) > 1
     ]
     if not chosen:
-        return out, {}
+        return out, {}, {}
     start = time.perf_counter()
     distance = resolve_distance(settings.distance, unrolled=True)
     averaged = [dataclasses.replace(targets[i], local_training=None) for i in chosen]
@@ -144,11 +150,13 @@ def order_labels(
         averaged, [labels[i] for i in chosen], dataclasses.replace(settings, distance=distance)
     )
     cost: dict[int, tuple[int, float]] = {}
+    starts: dict[int, torch.Tensor] = {}
     for i, rec in zip(chosen, recs, strict=True):
         clips = rec.features.to(targets[i].params[next(iter(targets[i].params))].device)
         order = best_order(targets[i], clips, rec.labels.to(clips.device), distance)
         out[i] = labels[i][torch.tensor(order)]
+        starts[i] = clips[torch.tensor(order)]
     seconds = (time.perf_counter() - start) / len(chosen)
     for i, rec in zip(chosen, recs, strict=True):
         cost[i] = (rec.iterations, seconds)
-    return out, cost
+    return out, cost, starts

@@ -72,6 +72,9 @@ class AuditSettings:
         restart, restarts, Adam step size, a larger first step size decreased at plateaus
         down to ``lr`` (None: the study's constant step), restarts for a capture none of
         whose restarts converged, total-variation weight and reduction, gradient distance.
+    unrolled_start : str
+        Stage 1's too: where a replayed update's first restart starts (``"random"`` or
+        ``"averaged"``, the clips of the pass that put its labels in step order).
     preset : str or None
         A key of :data:`attacks.features.PRESETS` (``"study"``): its stage-1 fields take the
         preset's values. A field the preset sets must be left at its default or given the
@@ -132,6 +135,7 @@ class AuditSettings:
     tv_weight: float = _stage1_field("tv_weight")
     tv_reduction: str = _stage1_field("tv_reduction")
     distance: str = _stage1_field("distance")
+    unrolled_start: str = _stage1_field("unrolled_start")
     preset: str | None = field(
         default=None,
         metadata={
@@ -320,6 +324,10 @@ class AuditSettings:
             key["lr_schedule"] = "from-best"
         if self.extra_restarts:
             key["extra_restarts"] = self.extra_restarts
+        # Absent for a random start, the only one before the option existed, and where
+        # nothing is replayed.
+        if self.update_model == "unrolled" and self.unrolled_start != "random":
+            key["unrolled_start"] = self.unrolled_start
         # Dual-path updates were matched as clean gradients before the option existed.
         key["dual_path"] = self.dual_path
         # Multi-step updates were matched as one averaged gradient before the option existed:

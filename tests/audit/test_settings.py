@@ -58,6 +58,7 @@ def test_stage1_fields_are_stage1_settings() -> None:
         "tv_weight",
         "tv_reduction",
         "distance",
+        "unrolled_start",
         "seed",
     ]
     for spec in shared:
@@ -104,6 +105,7 @@ def test_stage1_fields_are_stage1_settings() -> None:
         ({"content_max_clips": 0}, "AuditSettings.content_max_clips must be at least 1, got 0"),
         ({"speaker_model": "nobody"}, "unknown speaker model 'nobody'"),
         ({"distance": "l1"}, "unknown gradient distance 'l1'"),
+        ({"unrolled_start": "zeros"}, "unknown --unrolled-start 'zeros'; known: random, averaged"),
         (
             {"update_model": "exact"},
             "--update-model must be one of unrolled, averaged, got 'exact'",
