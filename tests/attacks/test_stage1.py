@@ -219,6 +219,7 @@ def test_stage1_settings_check_themselves_once() -> None:
         "tv_weight",
         "tv_reduction",
         "distance",
+        "unrolled_start",
         "seed",
     }
 
