@@ -42,13 +42,8 @@ row() {  # row NAME SIMULATE-ARGS...
   $FS audit "$run-grad" $STAGE1 --quiet
 }
 
-declare -A ARGS=(
-  [u2]="--local-steps 2 --batch-size 1 --clients 2"
-  [u4]="--local-steps 4 --batch-size 1 --clients 2"
-  [u8]="--local-steps 8 --batch-size 1 --clients 2"
-  [b4x2]="--local-steps 2 --batch-size 4 --clients 1"
-  [b4x4]="--local-steps 4 --batch-size 4 --clients 1"
-)
+# shellcheck source=experiments/unrolled_rows.sh
+source experiments/unrolled_rows.sh
 runs=()
 for name in $ROWS; do
   [ -n "${ARGS[$name]:-}" ] || { echo "unrolled_fsdd.sh: unknown row $name; known: ${!ARGS[*]}" >&2; exit 2; }
