@@ -8,6 +8,9 @@ stopped on its own (:class:`RunFailed`). A run stopped by SIGINT or SIGTERM rais
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
+
 
 class FedspeechError(Exception):
     """Bad input or configuration, reported to the user as one line (exit code 2)."""
@@ -49,3 +52,27 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+#: What a worker process that re-ran an unguarded script prints before it exits.
+MAIN_GUARD_HINT = (
+    "a script that calls fedspeech must keep its top-level code under "
+    '`if __name__ == "__main__":`: fedspeech\'s worker processes import the script first'
+)
+
+
+def check_main_guard() -> None:
+    """End a worker process that is re-running its parent's unguarded script.
+
+    A process started with ``spawn`` or ``forkserver`` imports the parent's ``__main__``
+    script before its work. If that script calls fedspeech at its top level, the import
+    reaches fedspeech's worker pool again, which Python refuses inside a starting worker
+    (and :class:`multiprocessing.pool.Pool` answers by starting new workers forever).
+    Called just before fedspeech starts worker processes, this prints
+    :data:`MAIN_GUARD_HINT` on one line and exits such a worker with code 2, so the parent
+    sees one lost worker and reports it. Anywhere else it does nothing.
+    """
+    # The flag multiprocessing itself checks for this case (spawn._check_not_importing_main).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        print(f"fedspeech: {MAIN_GUARD_HINT}", file=sys.stderr, flush=True)
+        raise SystemExit(2)

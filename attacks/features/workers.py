@@ -31,6 +31,7 @@ from attacks.features.batched import reconstruct_batched
 from attacks.features.objective import Reconstruction
 from attacks.features.settings import Stage1Settings
 from attacks.target import AttackTarget
+from fedspeech.errors import MAIN_GUARD_HINT, check_main_guard
 
 __all__ = ["deal", "reconstruct_in_workers"]
 
@@ -40,14 +41,15 @@ _FIELDS = ("features", "labels", "matching_loss", "iterations", "restarts_run", 
 def deal(targets: Sequence[AttackTarget], workers: int) -> list[list[int]]:
     """Target indices per worker: round-robin over decreasing ``||g_shared||^2``.
 
-    Examples
-    --------
-    >>> import torch
-    >>> from attacks.target import AttackTarget
-    >>> ts = [AttackTarget(None, {}, {"w": torch.tensor([float(v)])}, "gradient", 1)
-    ...       for v in (1, 4, 2, 3)]
-    >>> deal(ts, 2)
-    [[1, 2], [3, 0]]
+        Examples
+        --------
+        >>> import torch
+        >>> from attacks.target import AttackTarget
+    from fedspeech.errors import MAIN_GUARD_HINT, check_main_guard
+        >>> ts = [AttackTarget(None, {}, {"w": torch.tensor([float(v)])}, "gradient", 1)
+        ...       for v in (1, 4, 2, 3)]
+        >>> deal(ts, 2)
+        [[1, 2], [3, 0]]
     """
     size = [sum(float(g.double().square().sum()) for g in t.grads.values()) for t in targets]
     order = sorted(range(len(targets)), key=lambda i: -size[i])
@@ -106,6 +108,7 @@ def reconstruct_in_workers(
     list[Reconstruction]
         One per target, in input order.
     """
+    check_main_guard()
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = []
@@ -123,8 +126,11 @@ def reconstruct_in_workers(
             except Exception:  # queue.Empty: check that nobody died silently
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead:
+                    code = dead[0].exitcode
+                    # Exit code 2: check_main_guard stopped a worker re-running the script.
+                    why = f" ({MAIN_GUARD_HINT})" if code == 2 else ""
                     raise RuntimeError(
-                        f"a stage-1 worker process ended with exit code {dead[0].exitcode}"
+                        f"a stage-1 worker process ended with exit code {code}{why}"
                     ) from None
                 continue
             if kind == "error":

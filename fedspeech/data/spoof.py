@@ -48,9 +48,10 @@ from tqdm import tqdm
 from fedspeech.data.audio import read_clip, resample
 from fedspeech.data.cache import cache_dir, is_complete, mark_complete
 from fedspeech.data.corpus import CLIP_SAMPLES, SAMPLE_RATE, SPLITS
+from fedspeech.data.pool import map_in_processes
 from fedspeech.data.spoof_attacks import SPOOF_ATTACKS, apply_attack
 from fedspeech.data.synth import synthesize_corpus
-from fedspeech.errors import ConfigError, DataError
+from fedspeech.errors import ConfigError, DataError, check_main_guard
 from fedspeech.fileio import publish_dir
 
 # Bump whenever the audio or the layout changes, so stale caches are not reused.
@@ -481,8 +482,8 @@ def build_spoof_corpus(
     DataError
         No usable audio, fewer than 3 speakers, or ``out_root`` holds something else.
     """
-    # The synthesizer pulls in SciPy's signal module: loaded only when a corpus is built.
-
+    # Before anything is written: a worker re-running an unguarded script stops here.
+    check_main_guard()
     attacks, unseen = tuple(attacks), tuple(unseen)
     _validate(attacks, unseen, seed, workers, max_per_speaker)
     if bonafide_root is None:
@@ -576,12 +577,17 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, progress: bool) -> list[int]:
                 bar.update(1 + len(job.attacks))
         else:
             chunk = max(1, min(16, len(jobs) // (4 * workers)))
-            with _context().Pool(min(workers, len(jobs))) as pool:
-                for job, n in zip(jobs, pool.imap(_run_job, jobs, chunksize=chunk), strict=True):
-                    done.append(n)
-                    bar.update(1 + len(job.attacks))
-                pool.close()
-                pool.join()
+            results = map_in_processes(
+                _run_job,
+                jobs,
+                min(workers, len(jobs)),
+                _context(),
+                what="the spoof corpus",
+                chunksize=chunk,
+            )
+            for job, n in zip(jobs, results, strict=True):
+                done.append(n)
+                bar.update(1 + len(job.attacks))
     return done
 
 

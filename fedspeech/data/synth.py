@@ -49,7 +49,8 @@ from fedspeech.data.espeak import (
     list_variants,
     voice_name,
 )
-from fedspeech.errors import ConfigError, DataError
+from fedspeech.data.pool import map_in_processes
+from fedspeech.errors import ConfigError, DataError, check_main_guard
 from fedspeech.fileio import publish_dir
 
 # Bump whenever the audio or the layout changes, so stale caches are not reused.
@@ -357,6 +358,8 @@ def synthesize_corpus(
     Path
         The corpus root, in the Speech Commands layout.
     """
+    # Before anything is written: a worker re-running an unguarded script stops here.
+    check_main_guard()
     words = tuple(words)
     _validate(n_speakers, takes, seed, words, workers)
     params = _params(n_speakers, takes, seed, words)
@@ -390,11 +393,12 @@ def synthesize_corpus(
             disable=not progress,
             file=sys.stderr,
         )
-        with bar, _context().Pool(min(workers, len(tasks)), maxtasksperchild=1) as pool:
-            for n in pool.imap_unordered(_synth_speaker, tasks):
+        with bar:
+            workers = min(workers, len(tasks))
+            for n in map_in_processes(
+                _synth_speaker, tasks, workers, _context(), what="the synthetic corpus", fresh=True
+            ):
                 bar.update(n)
-            pool.close()
-            pool.join()
         _write_metadata(tmp, speakers, split, words, takes)
         mark_complete(tmp, params)
         # Another builder of the same corpus may win the race: theirs is as good as ours.
