@@ -41,15 +41,14 @@ _FIELDS = ("features", "labels", "matching_loss", "iterations", "restarts_run", 
 def deal(targets: Sequence[AttackTarget], workers: int) -> list[list[int]]:
     """Target indices per worker: round-robin over decreasing ``||g_shared||^2``.
 
-        Examples
-        --------
-        >>> import torch
-        >>> from attacks.target import AttackTarget
-    from fedspeech.errors import MAIN_GUARD_HINT, check_main_guard
-        >>> ts = [AttackTarget(None, {}, {"w": torch.tensor([float(v)])}, "gradient", 1)
-        ...       for v in (1, 4, 2, 3)]
-        >>> deal(ts, 2)
-        [[1, 2], [3, 0]]
+    Examples
+    --------
+    >>> import torch
+    >>> from attacks.target import AttackTarget
+    >>> ts = [AttackTarget(None, {}, {"w": torch.tensor([float(v)])}, "gradient", 1)
+    ...       for v in (1, 4, 2, 3)]
+    >>> deal(ts, 2)
+    [[1, 2], [3, 0]]
     """
     size = [sum(float(g.double().square().sum()) for g in t.grads.values()) for t in targets]
     order = sorted(range(len(targets)), key=lambda i: -size[i])
