@@ -8,6 +8,7 @@ pool starts a replacement and waits for the lost task forever.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,8 +27,8 @@ def map_in_processes(
     fn: Callable[[T], R],
     items: Iterable[T],
     workers: int,
-    context: BaseContext,
     *,
+    preload: str,
     what: str,
     chunksize: int = 1,
     fresh: bool = False,
@@ -42,8 +43,11 @@ def map_in_processes(
         Its arguments, one per call.
     workers : int
         Processes at most.
-    context : BaseContext
-        How they start (``forkserver`` or ``spawn``: never ``fork`` under torch's threads).
+    preload : str
+        The module that defines ``fn``, imported once by the fork server that the workers
+        are forked from (clean processes, cheap to start), or by each worker where there is
+        no fork server (``spawn``). Never ``fork``: the caller may hold torch or BLAS
+        threads, which a forked child inherits broken.
     what : str
         What the work is, for the error message (``"the synthetic corpus"``).
     chunksize : int
@@ -57,6 +61,13 @@ def map_in_processes(
         A worker ended before its work was done; nothing it had left is returned.
     """
     check_main_guard()
+    context: BaseContext
+    if "forkserver" in mp.get_all_start_methods():
+        server = mp.get_context("forkserver")
+        server.set_forkserver_preload([preload])
+        context = server
+    else:
+        context = mp.get_context("spawn")
     try:
         with ProcessPoolExecutor(
             workers, mp_context=context, max_tasks_per_child=1 if fresh else None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
@@ -38,7 +37,6 @@ import warnings
 import wave
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -385,15 +383,6 @@ def _run_job(job: _Job) -> int:
     return 1 + len(job.attacks)
 
 
-def _context() -> BaseContext:
-    # Not fork: the caller may hold torch or BLAS threads, which a forked child inherits broken.
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return mp.get_context("spawn")
-
-
 def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -581,7 +570,7 @@ def _run_jobs(jobs: Sequence[_Job], workers: int, progress: bool) -> list[int]:
                 _run_job,
                 jobs,
                 min(workers, len(jobs)),
-                _context(),
+                preload=__name__,
                 what="the spoof corpus",
                 chunksize=chunk,
             )

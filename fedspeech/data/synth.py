@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 import shutil
@@ -32,7 +31,6 @@ import wave
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
 from pathlib import Path
 
 import numpy as np
@@ -290,17 +288,6 @@ def _synth_speaker(task: _Task) -> int:
     return len(task.words) * task.takes
 
 
-def _context() -> BaseContext:
-    # eSpeak carries waveform state between utterances, so every speaker is rendered by a
-    # process that has never used it: one task per child, forked from a clean fork server.
-    # Spawn gives the same guarantee where there is no fork server, only slower.
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return mp.get_context("spawn")
-
-
 def _write_metadata(
     root: Path,
     speakers: Sequence[SpeakerSpec],
@@ -394,9 +381,15 @@ def synthesize_corpus(
             file=sys.stderr,
         )
         with bar:
-            workers = min(workers, len(tasks))
+            # eSpeak carries waveform state between utterances, so every speaker is rendered
+            # by a process that has never used it: one task per fresh child.
             for n in map_in_processes(
-                _synth_speaker, tasks, workers, _context(), what="the synthetic corpus", fresh=True
+                _synth_speaker,
+                tasks,
+                min(workers, len(tasks)),
+                preload=__name__,
+                what="the synthetic corpus",
+                fresh=True,
             ):
                 bar.update(n)
         _write_metadata(tmp, speakers, split, words, takes)

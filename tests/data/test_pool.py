@@ -3,7 +3,6 @@ without an ``if __name__ == "__main__":`` guard (whose workers re-run it on star
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -27,18 +26,16 @@ def _die_on_three(x: int) -> int:
     return x
 
 
-def _context() -> mp.context.BaseContext:
-    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-
-
 def test_results_come_back_in_order() -> None:
-    out = list(map_in_processes(_square, range(7), 2, _context(), what="squares", chunksize=2))
+    out = list(
+        map_in_processes(_square, range(7), 2, preload=__name__, what="squares", chunksize=2)
+    )
     assert out == [x * x for x in range(7)]
 
 
 def test_a_dead_worker_is_an_error_not_a_hang() -> None:
     with pytest.raises(FedspeechError, match="building numbers ended before its work was done"):
-        list(map_in_processes(_die_on_three, range(6), 2, _context(), what="numbers"))
+        list(map_in_processes(_die_on_three, range(6), 2, preload=__name__, what="numbers"))
 
 
 def test_the_guard_does_nothing_in_a_running_process() -> None:

@@ -207,7 +207,7 @@ def test_cache_reuse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         raise AssertionError("cached corpus was rebuilt")
 
     monkeypatch.setattr(synth, "choose_speakers", boom)
-    monkeypatch.setattr(synth, "_context", boom)
+    monkeypatch.setattr(synth, "map_in_processes", boom)
     assert synth.synthesize_corpus(**kwargs) == root  # type: ignore[arg-type]
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
     # Other parameters mean another corpus.
